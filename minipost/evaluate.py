@@ -41,7 +41,8 @@ def _prompt_of(record: dict) -> list[dict]:
 
 
 def reply_metrics(model, tok, records: list[dict], max_new_tokens: int = 64) -> dict:
-    """format_rate, fact_accuracy, voice_rate (and total_accuracy) over records carrying meta.fact.
+    """format_rate, fact_accuracy, voice_rate (and total_accuracy, fact_accuracy_by_intent)
+    over records carrying meta.fact.
 
     fact_accuracy counts the questions whose answer is recorded in the order record (date,
     status, carrier, tracking code, price, item count, return deadline). An order's total
@@ -59,6 +60,11 @@ def reply_metrics(model, tok, records: list[dict], max_new_tokens: int = 64) -> 
     }
     if computed:
         out["total_accuracy"] = sum(rewards.states_fact(t, r["meta"]["fact"]) for t, r in computed) / len(computed)
+    # Per question type, so a learner can see which facts the model still gets wrong.
+    by_intent: dict[str, list[bool]] = {}
+    for t, r in looked_up + computed:
+        by_intent.setdefault(r["meta"].get("intent", "unknown"), []).append(rewards.states_fact(t, r["meta"]["fact"]))
+    out["fact_accuracy_by_intent"] = {k: sum(v) / len(v) for k, v in sorted(by_intent.items())}
     return out
 
 

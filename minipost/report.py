@@ -58,7 +58,8 @@ def render(root: Path, plots: bool = True) -> str:
         return "\n".join(lines + ["No stage has an eval.json yet."]) + "\n"
     lines += ["| stage | held-out metrics | wall time (s) | trainable params |", "|---|---|---|---|"]
     for stage, ev, _ in stages:
-        shown = {k: v for k, v in ev.items() if k not in ("wall_time_s", "trainable_params", "total_params")}
+        shown = {k: v for k, v in ev.items()  # breakdowns (dicts) stay in eval.json, out of the table
+                 if k not in ("wall_time_s", "trainable_params", "total_params") and not isinstance(v, dict)}
         cells = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(shown.items()))
         params = ev.get("trainable_params")
         share = f"{_fmt(params)} ({100 * params / ev['total_params']:.2f}%)" if params and ev.get("total_params") else "-"

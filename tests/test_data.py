@@ -124,7 +124,7 @@ def test_names_sizes_and_encoding(files, data):
         assert b"\r" not in raw and raw.endswith(b"\n")
     assert json.loads(files["intent_labels"].read_text()) == md.INTENTS
     manifest = json.loads(files["manifest"].read_text())
-    assert manifest["args"] == {"seed": SEED, "rl_items": [2, 3], "rl_max_price": 20, "rl_max_qty": 1,
+    assert manifest["args"] == {"seed": SEED, "rl_items": [1], "rl_max_price": 9, "rl_max_qty": 4,
                                 "scale": SCALE}
     for name, info in manifest["files"].items():
         assert files[name].name == info["file"] and files[name].stat().st_size == info["bytes"]
@@ -226,9 +226,9 @@ def test_sft_voices(data):
 def test_sft_totals_two_turns_and_length(data):
     recs = data["sft_train"]
     totals = [r for r in recs if "total" in r["meta"]["intents"]]
-    assert 0.07 <= len(totals) / len(recs) <= 0.18
-    for r in totals:
-        assert len(parse_record(r["messages"][1]["content"])["items"]) == 2
+    assert 0.15 <= len(totals) / len(recs) <= 0.28
+    n_items = [len(parse_record(r["messages"][1]["content"])["items"]) for r in totals]
+    assert set(n_items) == {1, 2}
     two = sum(r["meta"]["turns"] == 2 for r in recs)
     assert 0.05 <= two / len(recs) <= 0.16
     for r in recs + data["sft_val"]:
@@ -266,14 +266,15 @@ def test_pref_chosen_and_rejected(data):
 # ----------------------------------------------------------------------------- RL
 
 def test_rl_answers_recomputed_from_prompt(data):
-    sizes = Counter()
+    sizes, quantities = Counter(), Counter()
     for r in data["rl_train"] + data["rl_val"]:
         items = parse_record(r["prompt"][1]["content"])["items"]
         sizes[len(items)] += 1
-        assert all(q == 1 and 1 <= p <= 20 for q, _, p in items)  # default flags
+        quantities.update(q for q, _, _ in items)
+        assert all(1 <= q <= 4 and 1 <= p <= 9 for q, _, p in items)  # default flags
         assert int(r["answer"]) == sum(q * p for q, _, p in items)
         assert r["prompt"][1]["content"].split("\n")[-1] in md.QUESTIONS["total"]
-    assert set(sizes) == {2, 3}
+    assert set(sizes) == {1} and set(quantities) == {1, 2, 3, 4}
 
 
 # ----------------------------------------------------------------------------- corpora and intents
@@ -329,18 +330,6 @@ def test_cli_prints_one_line_per_file(tmp_path, capsys):
     lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
     assert len(lines) == 13
     assert all(re.match(r"^\S+\.jsonl?: \d+ (records|labels), \d+ bytes$", l) for l in lines)
-    assert len(list(tmp_path.iterdir())) == 14
+    assert len(list(tmp_path.iterdir())) == 15  # 13 data files, manifest, GENERATOR_SHA256
 
 
-def test_ensure_reuses_or_regenerates(tmp_path, capsys):
-    first = md.ensure(tmp_path, seed=5, scale=0.01, verbose=False)
-    stamp = {k: p.stat().st_mtime_ns for k, p in first.items()}
-    again = md.ensure(tmp_path, seed=5, scale=0.01)          # same arguments: nothing is written
-    assert again == first and {k: p.stat().st_mtime_ns for k, p in again.items()} == stamp
-    assert capsys.readouterr().out == ""
-    before = first["rl_train"].read_bytes()
-    md.ensure(tmp_path, seed=5, scale=0.01, rl_max_price=3, verbose=False)   # other flags: rebuilt
-    assert first["rl_train"].read_bytes() != before
-    first["sft_val"].unlink()                                  # a missing file: rebuilt
-    md.ensure(tmp_path, seed=5, scale=0.01, rl_max_price=3, verbose=False)
-    assert first["sft_val"].is_file()

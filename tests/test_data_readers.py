@@ -224,6 +224,20 @@ def test_builtin_generates_on_first_use(tmp_path, capsys):
     assert not (tmp_path / "data" / "minimart" / "calls.txt").exists()
 
 
+def test_builtin_rebuilds_when_generator_changes(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    generator = tmp_path / "data" / "make_data.py"
+    generator.write_text(FAKE_GENERATOR)
+    path = builtin("pretrain_train", root=tmp_path)
+    calls = tmp_path / "data" / "minimart" / "calls.txt"
+    calls.unlink()
+    generator.write_text(FAKE_GENERATOR + "\n# a newer version\n")
+    capsys.readouterr()
+    assert builtin("pretrain_train", root=tmp_path) == path
+    assert calls.exists()  # regenerated
+    assert "older make_data.py" in capsys.readouterr().out
+
+
 def test_builtin_unknown_name(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "make_data.py").write_text(FAKE_GENERATOR)

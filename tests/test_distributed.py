@@ -158,7 +158,7 @@ def test_sft_two_processes_equal_one_with_twice_the_batch(setup, tmp_path):
 def test_dpo_two_processes_equal_one_with_twice_the_batch(setup, tmp_path):
     base, files, _ = setup
     common = ["--stage", "dpo", "--init", str(base), "--preset", "tiny", "--steps", "3", "--lr", "1e-3",
-              "--warmup", "1", "--log-every", "1", "--max-eval", "1", "--max-new-tokens", "4",
+              "--beta", "0.1", "--warmup", "1", "--log-every", "1", "--max-eval", "1", "--max-new-tokens", "4",
               "--train-file", files["pref_train"], "--val-file", files["pref_val"],
               "--eval-file", files["sft_val"], "--seed", str(SEED)]
     one = tmp_path / "one" / "dpo"
