@@ -190,16 +190,3 @@ def builtin(name: str, root: str | Path | None = None) -> Path:
         available = sorted(p.stem for p in out_dir.glob("*.jsonl"))
         raise FileNotFoundError(f"no built-in data named {name!r}; available: {', '.join(available) or 'none'}")
     return path
-    generator = root / "data" / "make_data.py"
-    if not generator.is_file():
-        raise FileNotFoundError(f"built-in data {path} is missing and its generator {generator} was not found; "
-                                "run from a complete checkout of the repository")
-    print(f"built-in data {path} not found: generating data/minimart/ with {generator} (first use only)")
-    spec = importlib.util.spec_from_file_location("minipost_make_data", generator)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.generate(out_dir)
-    if not path.is_file():
-        available = sorted(p.stem for p in out_dir.glob("*.jsonl"))
-        raise FileNotFoundError(f"no built-in data named {name!r}; available: {', '.join(available) or 'none'}")
-    return path

@@ -51,19 +51,19 @@ def reply_metrics(model, tok, records: list[dict], max_new_tokens: int = 64) -> 
     """
     replies = greedy_replies(model, tok, [_prompt_of(r) for r in records], max_new_tokens)
     n = max(len(records), 1)
-    looked_up = [(t, r) for (t, _), r in zip(replies, records) if r["meta"].get("intent") != "total"]
-    computed = [(t, r) for (t, _), r in zip(replies, records) if r["meta"].get("intent") == "total"]
+    # One verdict per reply, grouped by question type; "total" is computed, the rest looked up.
+    by_intent: dict[str, list[bool]] = {}
+    for (text, _), r in zip(replies, records):
+        by_intent.setdefault(r["meta"].get("intent", "unknown"), []).append(rewards.states_fact(text, r["meta"]["fact"]))
+    looked_up = [hit for intent, hits in by_intent.items() if intent != "total" for hit in hits]
     out = {
         "format_rate": sum(ok for _, ok in replies) / n,
-        "fact_accuracy": sum(rewards.states_fact(t, r["meta"]["fact"]) for t, r in looked_up) / max(len(looked_up), 1),
+        "fact_accuracy": sum(looked_up) / max(len(looked_up), 1),
         "voice_rate": sum(rewards.is_shop_voice(t) for t, _ in replies) / n,
     }
-    if computed:
-        out["total_accuracy"] = sum(rewards.states_fact(t, r["meta"]["fact"]) for t, r in computed) / len(computed)
+    if by_intent.get("total"):
+        out["total_accuracy"] = sum(by_intent["total"]) / len(by_intent["total"])
     # Per question type, so a learner can see which facts the model still gets wrong.
-    by_intent: dict[str, list[bool]] = {}
-    for t, r in looked_up + computed:
-        by_intent.setdefault(r["meta"].get("intent", "unknown"), []).append(rewards.states_fact(t, r["meta"]["fact"]))
     out["fact_accuracy_by_intent"] = {k: sum(v) / len(v) for k, v in sorted(by_intent.items())}
     return out
 

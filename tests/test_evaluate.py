@@ -23,6 +23,7 @@ def test_reply_metrics_scores_lookups_and_totals_apart(monkeypatch):
     assert m["total_accuracy"] == 1 / 2
     assert m["format_rate"] == 4 / 5
     assert m["voice_rate"] == 2 / 5
+    assert m["fact_accuracy_by_intent"] == {"carrier": 0.0, "status": 1.0, "total": 0.5, "tracking": 1.0}
 
 
 def test_task_accuracy_uses_the_total_marker(monkeypatch):
