@@ -630,9 +630,8 @@ def doc_order(rng, world, orders: OrderMaker) -> str:
     story.append(rng.choice([f"Items can be returned until {fmt_date(o.return_by)}.",
                              f"The return window closes on {fmt_date(o.return_by)}.",
                              f"The order comes to ${o.total} in all."]))
-    if rng.random() < 0.5:
-        return o.record() + "\n" + " ".join(story)
-    return " ".join(story) + "\n" + o.record()
+    # The record comes first, so every fact in the story can be looked up (see pretrain_doc).
+    return o.record() + "\n" + " ".join(story)
 
 
 def doc_email(rng, world, orders: OrderMaker) -> str:
@@ -662,7 +661,8 @@ def doc_email(rng, world, orders: OrderMaker) -> str:
                 f"A refund of ${amount} is on its way to your card.",
                 f"It can take up to {REFUND_DAYS} working days to show."]
     sign = rng.choice(["The Minimart team", "Minimart customer care", "Best wishes, Minimart"])
-    return f"Subject: {subject}\nHello {name},\n" + " ".join(body) + f"\n{sign}"
+    details = "" if kind == 3 else f"\nYour order details:\n{o.record()}"
+    return f"Subject: {subject}\nHello {name},{details}\n" + " ".join(body) + f"\n{sign}"
 
 
 def doc_care_article(rng, world) -> str:
@@ -733,7 +733,9 @@ def doc_conversation(rng, world, orders: OrderMaker) -> str:
                  (agent, f"Refunds go out within {REFUND_DAYS} working days after the item reaches us."),
                  (cust, "Okay, I will wait a few more days then."),
                  (agent, rng.choice(["Let me know if it has not arrived by then.", "Sounds good."]))]
-    return "\n".join(f"{who}: {text}" for who, text in turns)
+    chat = "\n".join(f"{who}: {text}" for who, text in turns)
+    # What the agent sees on screen comes first: the order's facts are then copied, not guessed.
+    return chat if kind in (2, 4, 6) else f"{o.record()}\n{chat}"
 
 
 def doc_guide(rng, world) -> str:
@@ -794,6 +796,9 @@ def pretrain_doc(rng, world, orders) -> str:
     # Order records with questions about them, receipts and order stories restate facts given
     # earlier in the document: that is where a model learns to look things up in its context
     # (induction heads, Olsson et al., 2022), which every later stage relies on. Hence their weight.
+    # Every order fact a document states (a date, a status, a tracking code) has the order's
+    # record before it, so it can be looked up rather than guessed: a model trained to state facts
+    # its context does not support learns to make facts up (compare Gekhman et al., 2024).
     kind = rng.choices(range(12), weights=[2, 2, 1, 1, 3, 4, 3, 1, 2, 1, 8, 8])[0]
     if kind == 0:
         return doc_product(rng, world)

@@ -156,6 +156,11 @@ class GPT(nn.Module):
                 # GPT-2's scaled init: each residual branch adds variance, so shrink the
                 # projections that write into the residual stream by 1/sqrt(2 * n_layer).
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        # Token embeddings start with unit-norm rows (std 1/sqrt(d_model)), not GPT-2's 0.02.
+        # Training adds a direction shared by all tokens of a kind (every month name, say); when
+        # it dwarfs the small random start, those tokens become near copies of each other and
+        # the model cannot copy one of them from its context (measured: DESIGN-NOTES.md).
+        nn.init.normal_(self.tok_emb.weight, mean=0.0, std=cfg.d_model ** -0.5)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
 

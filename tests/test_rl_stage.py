@@ -30,12 +30,13 @@ def rl_records(n, seed):
 
 
 def teach_two_answers(tok, steps=40, seed=0):
-    """A tiny GPT that replies "Total: $5" or "Total: $6" (then <|end|>) to the RL prompts."""
+    """A tiny GPT that replies "Total: $6" (4 times in 7) or "Total: $5" (then <|end|>) to the
+    RL prompts: greedy says $6, sampling says $5 often enough for RL to find it."""
     torch.manual_seed(seed)
     model = GPT(preset("tiny", tok.vocab_size))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     recs = rl_records(16, seed)
-    rows = [render_completion(r["prompt"], f"Total: ${5 + i % 2}", tok) for r in recs for i in range(2)]
+    rows = [render_completion(r["prompt"], f"Total: ${6 if i < 4 else 5}", tok) for r in recs for i in range(7)]
     width = max(len(x) for x, _ in rows)
     ids = torch.tensor([x + [tok.pad_id] * (width - len(x)) for x, _ in rows])
     targets = torch.tensor([y + [-100] * (width - len(y)) for _, y in rows])

@@ -43,7 +43,7 @@ def add_args(p, stage):
     p.add_argument("--split-digits", default="on", choices=("on", "off"),
                    help="tokenizer: one token per digit (on) or BPE merges of digit runs (off)")
     if stage == "pretrain":
-        p.set_defaults(steps=1100, batch_size=16, lr=3e-3, warmup=50)
+        p.set_defaults(steps=900, batch_size=16, lr=3e-3, warmup=50)
         p.add_argument("--schedule", default="rewarm", choices=SCHEDULES)
     else:
         p.set_defaults(steps=300, batch_size=16, lr=1e-3, warmup=30)

@@ -34,7 +34,7 @@ from minipost.training import make_optimizer, run_loop
 
 
 def add_args(p, stage):
-    p.set_defaults(steps=1000, batch_size=16, lr=2e-3, warmup=20)
+    p.set_defaults(steps=900, batch_size=16, lr=2e-3, warmup=20)
     p.add_argument("--mask", default="prompt", choices=MASK_MODES, help="which tokens carry the loss")
     p.add_argument("--packing", default="on", choices=("on", "off"))
     p.add_argument("--seq-len", type=int, default=256)
