@@ -59,7 +59,7 @@ def child(name: str, args) -> dict:
     from minipost.stages import common
     from minipost.stages import dpo
     from minipost.packing import pad_batch
-    from minipost.stages.sft import make_rows, tokenize
+    from minipost.stages.sft import make_rows, tokenize, trained_logits
     from minipost.training import make_optimizer
 
     from minipost.cli import set_threads
@@ -102,8 +102,7 @@ def child(name: str, args) -> dict:
     start = time.perf_counter()
     for i, b in enumerate(batches):
         if stage.startswith("sft"):
-            logits = model(b["input_ids"], doc_ids=b["doc_ids"], position_ids=b["position_ids"])
-            loss_sum, n = sft_loss_sum(logits, b["targets"])
+            loss_sum, n = sft_loss_sum(*trained_logits(model, b))
             loss = loss_sum / n
         else:
             chosen, rejected = dpo.concatenated_logps(model, b)

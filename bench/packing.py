@@ -19,7 +19,7 @@ from minipost.losses import sft_loss_sum
 from minipost.model import GPT
 from minipost.packing import pack, pad_batch
 from minipost.stages.pretrain import get_tokenizer
-from minipost.stages.sft import tokenize, trim
+from minipost.stages.sft import tokenize, trained_logits, trim
 
 
 def measure(model, opt, rows, batch_size, steps, trim_pads):
@@ -34,8 +34,7 @@ def measure(model, opt, rows, batch_size, steps, trim_pads):
         b = {k: v[idx] for k, v in rows.items()}
         if trim_pads:
             b = trim(b)
-        logits = model(b["input_ids"], doc_ids=b["doc_ids"], position_ids=b["position_ids"])
-        loss, _ = sft_loss_sum(logits, b["targets"])
+        loss, _ = sft_loss_sum(*trained_logits(model, b))
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -186,6 +186,25 @@ class GPT(nn.Module):
         0..T-1, or continuing from the cache. kv_cache: a KVCache, appended in place.
         return_hidden: also return the final normed hidden states [B, T, d_model].
         """
+        hidden = self.hidden_states(input_ids, inputs_embeds=inputs_embeds, doc_ids=doc_ids,
+                                    position_ids=position_ids, kv_cache=kv_cache)
+        logits = self.lm_head(hidden).float()
+        return (logits, hidden) if return_hidden else logits
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The final normed hidden states [B, T, d_model], without the vocabulary projection
+        (same arguments as forward). Callers that need logits at a few positions only (SFT
+        trains ~17% of its tokens) or none at all (a reward model) project just those rows
+        with lm_head: the [B, T, vocab] logits are the costliest tensor of a small model.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.tok_emb(input_ids) if inputs_embeds is None else inputs_embeds
@@ -215,9 +234,7 @@ class GPT(nn.Module):
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
         for layer in self.layers:
             x = layer(x, cos, sin, doc_ids, k_doc, n_global, kv_cache)
-        hidden = self.norm(x)[:, n_virtual:]
-        logits = self.lm_head(hidden).float()
-        return (logits, hidden) if return_hidden else logits
+        return self.norm(x)[:, n_virtual:]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

@@ -101,7 +101,7 @@ def last_index(shape: tuple[int, int], lengths: torch.Tensor | None = None,
 
 class RewardModel(nn.Module):
     """A GPT (`.model`) and a ValueHead (`.head`) as one module, so one optimizer and one
-    train()/eval() switch cover both. The GPT's own lm_head output is computed and unused.
+    train()/eval() switch cover both. The GPT's lm_head is not used (nor computed).
 
     forward(input_ids [B, T], lengths [B]) -> rewards [B] (right-padded rows).
     """
@@ -113,5 +113,5 @@ class RewardModel(nn.Module):
         self.head = (head if head is not None else ValueHead(model.cfg.d_model)).to(w.device)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        _, hidden = self.model(input_ids, return_hidden=True)
+        hidden = self.model.hidden_states(input_ids)
         return self.head.score_last(hidden, lengths=lengths)

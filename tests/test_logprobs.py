@@ -118,3 +118,49 @@ def test_bad_arguments_raise():
         sequence_logps(logits, targets, reduction="max")
     with pytest.raises(ValueError, match="targets"):
         token_logps(logits, targets[:, :3])
+
+
+def tiny_gpt():
+    from minipost.config import preset
+    from minipost.model import GPT
+
+    torch.manual_seed(0)
+    return GPT(preset("tiny", 50)).double()
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_model_sequence_logps_equals_full_logits(reduction):
+    """lm_head on the scored rows only gives the numbers of the full [B, T, V] logits, also
+    for a row with nothing scored, and the same gradients."""
+    from minipost.logprobs import model_sequence_logps
+
+    model = tiny_gpt()
+    ids = torch.randint(50, (3, 9), generator=torch.Generator().manual_seed(1))
+    targets = torch.randint(50, (3, 9), generator=torch.Generator().manual_seed(2))
+    targets[0, :4] = -100
+    targets[1, :] = -100
+    targets[2, 7:] = -100
+    full = sequence_logps(model(ids), targets, reduction)
+    (grad_full,) = torch.autograd.grad(full.sum(), model.tok_emb.weight)
+    fast = model_sequence_logps(model, ids, targets, reduction)
+    (grad_fast,) = torch.autograd.grad(fast.sum(), model.tok_emb.weight)
+    assert fast.tolist() == pytest.approx(full.tolist(), rel=1e-12, abs=1e-12)
+    assert fast[1].item() == 0.0
+    assert torch.allclose(grad_fast, grad_full, rtol=1e-10, atol=1e-12)
+
+
+def test_scored_logits_and_hidden_states():
+    from minipost.logprobs import scored_logits
+
+    model = tiny_gpt()
+    ids = torch.randint(50, (2, 7), generator=torch.Generator().manual_seed(3))
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0]])
+    position_ids = torch.tensor([[0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6]])
+    targets = torch.full((2, 7), -100)
+    targets[0, 2], targets[0, 5], targets[1, 6] = 4, 9, 11
+    logits, hidden = model(ids, doc_ids=doc_ids, position_ids=position_ids, return_hidden=True)
+    assert torch.equal(model.hidden_states(ids, doc_ids=doc_ids, position_ids=position_ids), hidden)
+    picked_logits, picked = scored_logits(model, ids, targets, doc_ids=doc_ids, position_ids=position_ids)
+    assert picked.tolist() == [[4, 9, 11]]
+    expected = torch.stack([logits[0, 2], logits[0, 5], logits[1, 6]])[None]
+    assert torch.allclose(picked_logits, expected, rtol=1e-12, atol=1e-12)

@@ -51,7 +51,7 @@ class LinearProbe(nn.Module):
         if (real.sum(1) == 0).any():
             raise ValueError("every row of attention_mask needs at least one real token")
         positions = (real.cumsum(1) - 1).clamp(min=0)
-        _, hidden = self.model(input_ids, doc_ids=real, position_ids=positions, return_hidden=True)
+        hidden = self.model.hidden_states(input_ids, doc_ids=real, position_ids=positions)
         if self.pooling == "mean":
             w = real.to(hidden.dtype)[..., None]
             return (hidden * w).sum(1) / w.sum(1)

@@ -56,7 +56,7 @@ from minipost import data as datasets
 from minipost import distributed
 from minipost.chat import render_completion
 from minipost.evaluate import reply_metrics
-from minipost.logprobs import sequence_logps
+from minipost.logprobs import model_sequence_logps
 from minipost.losses import dpo_loss
 from minipost.losses.dpo import LOSS_TYPES
 from minipost.packing import pad_batch
@@ -116,8 +116,7 @@ def concatenated_logps(model, batch: dict, reduction: str = "sum") -> tuple[torc
     Right padding needs no mask: under causal attention a real token never sees the pads
     after it, so each row scores exactly as it would alone.
     """
-    logits = model(batch["input_ids"])
-    logps = sequence_logps(logits, batch["targets"], reduction)
+    logps = model_sequence_logps(model, batch["input_ids"], batch["targets"], reduction)
     half = logps.shape[0] // 2
     return logps[:half], logps[half:]
 

@@ -27,6 +27,7 @@ from minipost import data as datasets
 from minipost import distributed
 from minipost import evaluate as ev
 from minipost.chat import MASK_MODES, render_chat
+from minipost.logprobs import scored_logits
 from minipost.losses import sft_loss_sum
 from minipost.packing import batches, fit_sft, pack, pad_batch
 from minipost.stages import common
@@ -63,14 +64,19 @@ def trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:, :width] for k, v in batch.items()}
 
 
+def trained_logits(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packed or padded batch -> (logits [1, N, V] at its N trained tokens, targets [1, N]).
+    lm_head runs on those tokens only (logprobs.scored_logits): the loss is the same."""
+    return scored_logits(model, b["input_ids"], b["targets"], doc_ids=b["doc_ids"], position_ids=b["position_ids"])
+
+
 @torch.no_grad()
 def val_loss(model, rows: dict[str, torch.Tensor], batch_size: int = 16) -> float:
     model.eval()
     total, count = 0.0, 0
     for i in range(0, rows["input_ids"].shape[0], batch_size):
         b = {k: v[i: i + batch_size] for k, v in rows.items()}
-        logits = model(b["input_ids"], doc_ids=b["doc_ids"], position_ids=b["position_ids"])
-        loss_sum, n = sft_loss_sum(logits, b["targets"])
+        loss_sum, n = sft_loss_sum(*trained_logits(model, b))
         total, count = total + loss_sum.item(), count + int(n)
     model.train()
     return total / max(count, 1)
@@ -106,8 +112,7 @@ def run(args):
 
     def loss_fn(b):
         b = {k: v.to(args.device) for k, v in b.items()}
-        logits = model(b["input_ids"], doc_ids=b["doc_ids"], position_ids=b["position_ids"])
-        loss_sum, _ = sft_loss_sum(logits, b["targets"])
+        loss_sum, _ = sft_loss_sum(*trained_logits(model, b))
         return loss_sum, {}
 
     optimizer = make_optimizer(model, args.lr)
