@@ -792,26 +792,6 @@ def doc_restate(rng, world, orders: OrderMaker) -> str:
     return f"{o.record()}\n{head}: order #{o.number}, " + ", ".join(parts) + f"; items: {items}."
 
 
-def doc_check(rng, world, orders: OrderMaker) -> str:
-    """An order record, then replies to the customer checked against it, each marked right
-    or wrong; about half state a value the record does not support. The lesson in comparing
-    a stated fact with its source: a reward model must tell such replies apart, and it
-    cannot learn that from a few thousand preference pairs alone (DESIGN-NOTES.md)."""
-    o = orders.make(rng.randint(1, 2))
-    head = rng.choice(["Replies checked against this record", "Reply check", "Quality check of replies",
-                       "Checked answers"])
-    lines = [o.record(), head + ":"]
-    for _ in range(rng.randint(3, 5)):
-        intent = draw_intent(rng)
-        item = rng.choice(o.items)
-        right = rng.random() < 0.5
-        value = None if right else wrong_value(intent, o, item, rng)
-        # Never the shop's own voice: the base model must not know it (SFT and DPO teach it).
-        text = reply(intent, o, rng.choice(VOICES[1:]), rng, item, value=value, allow_work=False)
-        lines.append(f"{text} -> {'right' if right else 'wrong'}")
-    return "\n".join(lines)
-
-
 def pretrain_doc(rng, world, orders) -> str:
     # Order records with questions about them, receipts and order stories restate facts given
     # earlier in the document: that is where a model learns to look things up in its context
@@ -819,7 +799,7 @@ def pretrain_doc(rng, world, orders) -> str:
     # Every order fact a document states (a date, a status, a tracking code) has the order's
     # record before it, so it can be looked up rather than guessed: a model trained to state facts
     # its context does not support learns to make facts up (compare Gekhman et al., 2024).
-    kind = rng.choices(range(13), weights=[2, 2, 1, 1, 3, 4, 3, 1, 2, 1, 8, 8, 4])[0]
+    kind = rng.choices(range(12), weights=[2, 2, 1, 1, 3, 4, 3, 1, 2, 1, 8, 8])[0]
     if kind == 0:
         return doc_product(rng, world)
     if kind == 1:
@@ -842,9 +822,7 @@ def pretrain_doc(rng, world, orders) -> str:
         return doc_care_article(rng, world)
     if kind == 10:
         return doc_lookup(rng, world, orders)
-    if kind == 11:
-        return doc_restate(rng, world, orders)
-    return doc_check(rng, world, orders)
+    return doc_restate(rng, world, orders)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -292,37 +292,13 @@ def test_cpt_vocabulary_only_in_cpt(data):
     assert "hi there!" not in general and "happy shopping" not in general
 
 
-CHECKED = re.compile(r"^(.*) -> (right|wrong)$", re.M)
-
-
 def test_pretrain_receipts_add_up(data):
-    # Checked replies (doc_check) state wrong totals on purpose; they are tested below.
-    receipts = [r["text"] for r in data["pretrain_train"] if "\nTotal: $" in r["text"] and not CHECKED.search(r["text"])]
+    receipts = [r["text"] for r in data["pretrain_train"] if "\nTotal: $" in r["text"]]
     assert len(receipts) > 10
     for text in receipts:
         lines = re.findall(r"^(\d+) x .+ at \$(\d+) = \$(\d+)$", text, re.M)
         assert lines and all(int(q) * int(p) == int(s) for q, p, s in lines)
         assert extract_total(text) == sum(int(s) for _, _, s in lines)
-
-
-def test_pretrain_checked_replies_are_judged_against_their_record(data):
-    """Every checked reply's verdict is what the record says: a total, tracking code or date
-    it states is the record's exactly when the verdict is "right"."""
-    docs = [r["text"] for r in data["pretrain_train"] if CHECKED.search(r["text"])]
-    assert len(docs) > 50
-    verdicts = Counter()
-    for text in docs:
-        rec = parse_record(text)
-        total = sum(q * p for q, _, p in rec["items"])
-        for line, verdict in CHECKED.findall(text):
-            stated = (re.findall(r"Total: \$(\d+)", line), re.findall(r"\b[A-Z]{2}-\d{3}\b", line),
-                      re.findall(rf"\b(?:{'|'.join(MONTHS)}) \d+\b", line))
-            truth = ([str(total)], [rec["tracking"]], [rec["delivery"], rec["return_by"]])
-            for values, allowed in zip(stated, truth):
-                if values:
-                    assert (all(v in allowed for v in values)) == (verdict == "right"), (line, verdict, rec)
-            verdicts[verdict] += 1
-    assert 0.4 < verdicts["right"] / sum(verdicts.values()) < 0.6
 
 
 def test_intents_cover_all_labels(data):
