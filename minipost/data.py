@@ -190,3 +190,23 @@ def builtin(name: str, root: str | Path | None = None) -> Path:
         available = sorted(p.stem for p in out_dir.glob("*.jsonl"))
         raise FileNotFoundError(f"no built-in data named {name!r}; available: {', '.join(available) or 'none'}")
     return path
+
+
+# ----------------------------------------------------------------------------- preference pairs
+# (rendered for the model; used by the reward model and DPO)
+
+def tokenize_pairs(records: list[dict], tok, max_len: int) -> tuple[list[tuple], list[int]]:
+    """Render each record's prompt + chosen and prompt + rejected (chat.render_completion: loss
+    on the reply and its <|end|> only) -> (pairs [((ids, targets), (ids, targets))], kept),
+    keeping the pairs whose full sequences (ids plus the final <|end|>) fit in max_len tokens;
+    kept lists the indices of the records they came from."""
+    from minipost.chat import render_completion
+
+    pairs, kept = [], []
+    for i, r in enumerate(records):
+        chosen = render_completion(r["prompt"], r["chosen"], tok)
+        rejected = render_completion(r["prompt"], r["rejected"], tok)
+        if max(len(chosen[0]), len(rejected[0])) + 1 <= max_len:
+            pairs.append((chosen, rejected))
+            kept.append(i)
+    return pairs, kept

@@ -21,6 +21,7 @@ result is deterministic.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from typing import Iterator, Sequence
 
@@ -200,3 +201,30 @@ def batches(rows: dict[str, torch.Tensor], batch_size: int, seed: int, epoch: in
     for b in range(start, math.ceil(n / batch_size)):
         index = order[b * batch_size:(b + 1) * batch_size]
         yield {key: t[index] for key, t in rows.items()}
+
+
+# ----------------------------------------------------------------------------- preference pairs
+# (the reward model and DPO batch pairs of rendered completions, data.tokenize_pairs)
+
+def pair_batch(pairs: Sequence[tuple[Document, Document]], pad_id: int) -> dict[str, torch.Tensor]:
+    """B pairs -> one right-padded batch of 2B rows: rows 0..B-1 chosen, B..2B-1 rejected.
+    input_ids, targets [2B, W] (W = the longest of all 2B), as pad_batch."""
+    return pad_batch([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
+
+
+def pair_indices(n: int, batch_size: int, seed: int, draw: int) -> list[int]:
+    """The indices (of n items) in the draw-th batch of batch_size: the items are walked epoch
+    after epoch, each epoch in its own shuffled order seeded by (seed, epoch), so every item
+    is seen once per epoch and a resumed run draws exactly what an uninterrupted one would.
+    Unlike `batches`, a batch may run across the end of an epoch into the next."""
+    out = []
+    for k in range(draw * batch_size, (draw + 1) * batch_size):
+        epoch, pos = divmod(k, n)
+        out.append(_epoch_order(n, seed, epoch)[pos])
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    return tuple(torch.randperm(n, generator=g).tolist())

@@ -197,3 +197,45 @@ def batch_stats(ro: Rollout) -> dict[str, float]:
         groups = r.view(-1, ro.group_size)
         stats["zero_std_frac"] = (groups.max(1).values == groups.min(1).values).double().mean().item()
     return stats
+
+
+# ----------------------------------------------------------------------------- the RL stages' draws and scorers
+# (stages/rl.py and stages/ppo.py share these)
+
+def step_prompts(train: list[dict], n: int, seed: int, step: int) -> list[dict]:
+    """The prompts of step `step`: a function of (seed, step), so --resume sees the same ones."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return [train[i] for i in torch.randint(len(train), (n,), generator=g).tolist()]
+
+
+def sampling_generator(seed: int, step: int, device="cpu") -> torch.Generator:
+    """The generator that samples step `step`'s completions (each rank passes its own step index)."""
+    return torch.Generator(device=device).manual_seed(seed * 7_919 + step + 1)
+
+
+def batched(fn, ro: Rollout, rows: int) -> torch.Tensor:
+    """fn over micro-batches of `rows` rollout rows, concatenated along the rows."""
+    return torch.cat([fn(ro.rows(slice(i, i + rows))) for i in range(0, len(ro.texts), rows)])
+
+
+def reference_scorer(model, coef: float, batch_size: int, frozen_copy=None):
+    """-> None when coef == 0, else a function Rollout -> ref log-probs [N, C] (no grad).
+
+    frozen_copy None: the policy itself inside peft.disable_adapters (under PEFT: no second
+    copy of the weights). Full fine-tuning passes a frozen copy of the starting model.
+    """
+    if coef == 0:
+        return None
+    if frozen_copy is None:
+        from minipost.peft import disable_adapters
+
+        def score(ro):
+            with torch.no_grad(), disable_adapters(model):
+                return batched(lambda mb: completion_logps(model, mb), ro, batch_size)
+        return score
+    frozen_copy.eval().requires_grad_(False)
+
+    def score(ro):
+        with torch.no_grad():
+            return batched(lambda mb: completion_logps(frozen_copy, mb), ro, batch_size)
+    return score

@@ -1,18 +1,29 @@
-"""The pieces every training stage shares: optimizer, learning-rate schedule, the step
-loop with gradient accumulation, logging, checkpoints for --resume, and the guards
-(Ctrl-C saves before exiting; a non-finite loss stops the run and keeps the last good
-checkpoint).
+"""The pieces of a training loop that have a rule of their own. Each stage writes its loop
+in the open (stages/sft.py is the plainest):
 
-Gradient accumulation weights every item of the accumulated batch equally: the loss
-function returns a SUM over its micro-batch and the number of items (trained tokens for
-token losses, pairs for DPO); the loop divides every micro-batch's sum by the item count
-of the WHOLE accumulated batch. Averaging per-micro-batch means instead would give a
-token in a short micro-batch more weight than a token in a long one.
+    with Progress(args, start, save, optimizer) as progress:     # Ctrl-C saves, exits 130
+        for step in range(start, args.steps):
+            lr = set_lr(optimizer, step, args)                    # lr_at: warmup + cosine
+            micro = [micro_batch(step, i) for i in range(args.grad_accum)]
+            acc = ItemWeighted([n_items(b) for b in micro])
+            for j, b in enumerate(micro):
+                acc.backward(*net(loss_fn, b, sync=j == len(micro) - 1))   # forward, loss, backward
+            record = acc.result()
+            record["grad_norm"] = clip_and_step(optimizer, record["loss"], step)
+            progress.log(step, {**record, "lr": lr}, items=acc.total)
+
+Gradient accumulation weights every item of the accumulated batch equally (ItemWeighted):
+the loss function returns a SUM over its micro-batch, and each micro-batch's sum is divided
+by the item count (trained tokens, pairs, sequences) of the WHOLE accumulated batch before
+its backward. Averaging per-micro-batch means instead would give a token in a short
+micro-batch more weight than a token in a long one.
 
 Under torchrun (minipost/distributed.py) the whole batch is that of all ranks: the item
 counts are summed over the ranks before the backward, DDP syncs the gradients on the last
-micro-batch of a step, and the logged numbers are summed over the ranks, so the loss and
-its gradient are the mean over every item of the global batch.
+micro-batch of a step (the stage passes sync=...), and since DDP averages the ranks'
+gradients, each rank's loss is multiplied by world_size to turn that average back into
+their sum. The logged numbers are summed over the ranks, so the loss and its gradient are
+the mean over every item of the global batch.
 """
 from __future__ import annotations
 
@@ -20,14 +31,12 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from minipost import checkpoint, distributed
+from minipost import distributed
 
 
 class NonFiniteLoss(RuntimeError):
@@ -68,6 +77,60 @@ def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "rewa
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def set_lr(optimizer, step: int, args) -> float:
+    """Set every parameter group to lr_at(step) (times the group's own "lr_scale", e.g. PPO's
+    value head) from args.steps, args.lr, args.warmup and args.schedule (default rewarm);
+    returns the base learning rate."""
+    lr = lr_at(step, args.steps, args.lr, args.warmup, getattr(args, "schedule", "rewarm"))
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g["lr_scale"] if "lr_scale" in g else lr
+    return lr
+
+
+class ItemWeighted:
+    """The backward passes of one optimizer step, weighted so that every item of the whole
+    accumulated batch (all micro-batches, all ranks) counts the same.
+
+    items: the item count of each of this rank's micro-batches. backward(loss_sum, stats)
+    takes a micro-batch's loss summed over its items and, optionally, stats summed likewise;
+    result() -> {"loss": mean loss, stat: mean stat, ...} over the global batch.
+    """
+
+    def __init__(self, items):
+        # The items of every rank's micro-batches: the loss is their mean, not a mean of
+        # per-rank means (a rank with short examples must not weigh more per token).
+        self.total = max(distributed.all_sum(sum(float(n) for n in items)), 1.0)
+        self.world = distributed.world_size()
+        self.loss, self.stats = 0.0, {}
+
+    def backward(self, loss_sum: torch.Tensor, stats: dict | None = None) -> None:
+        # One graph in memory at a time; dividing by the whole batch's item count makes the
+        # summed gradients those of the full-batch mean. `* world` undoes DDP's averaging.
+        (loss_sum * self.world / self.total).backward()
+        self.loss += loss_sum.item() / self.total
+        for k, v in (stats or {}).items():
+            self.stats[k] = self.stats.get(k, 0.0) + float(v)
+
+    def result(self) -> dict:
+        summed = distributed.sum_across_ranks({"loss": self.loss, **self.stats})  # every rank: the same numbers
+        loss = summed.pop("loss")
+        return {"loss": loss, **{k: v / self.total for k, v in summed.items()}}
+
+
+def clip_and_step(optimizer, loss: float, step: int, max_norm: float = 1.0) -> float:
+    """Refuse a non-finite loss (NonFiniteLoss, before the weights change, so the last good
+    checkpoint stays), else clip the gradients' global norm to max_norm, take the optimizer
+    step and clear the gradients. Returns the norm before clipping."""
+    if not math.isfinite(distributed.all_sum(loss)):  # torchrun: every rank stops together
+        raise NonFiniteLoss(f"non-finite loss ({loss}) at step {step + 1}; stopping without saving, so the "
+                            f"last good checkpoint stays. Try a lower --lr or check the data.")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per logged step, appended and flushed at once."""
 
@@ -90,116 +153,58 @@ def _plain(v):
     return round(v, 6) if isinstance(v, float) else v
 
 
-@dataclass
-class LoopConfig:
-    steps: int
-    lr: float
-    warmup: int = 0
-    schedule: str = "rewarm"
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    log_every: int = 10
-    eval_every: int = 0  # 0 = only at the end (the stage evaluates)
-    save_every: int = 0  # 0 = only at the end and on Ctrl-C
-    interrupt_at: int | None = None  # testing aid: behave as if Ctrl-C came after this step
+class Progress:
+    """What happens around the steps: the progress bar, metrics.jsonl, --eval-every,
+    --save-every, --interrupt-at, and the guard.
 
-
-def run_loop(
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    cfg: LoopConfig,
-    micro_batch: Callable[[int, int], object],
-    count_items: Callable[[object], float],
-    loss_fn: Callable[[object], tuple[torch.Tensor, dict]],
-    save: Callable[[int], None],
-    log: MetricsLog,
-    start_step: int = 0,
-    evaluate: Callable[[], dict] | None = None,
-    desc: str = "train",
-) -> None:
-    """Train from start_step to cfg.steps optimizer steps.
-
-    micro_batch(step, i) -> the i-th micro-batch of optimizer step `step` (a function of
-    the step, so a resumed run sees exactly the data an uninterrupted one would).
-    count_items(batch) -> how many items (trained tokens, pairs) the batch holds.
-    loss_fn(batch) -> (loss summed over the batch's items, stats dict of summed values).
-    save(step) writes the checkpoint (model and train state) after `step` steps.
+    As a context manager it is the guard: Ctrl-C (KeyboardInterrupt) inside it drops the
+    partial gradients of the step cut short, calls save(finished steps) and exits with
+    status 130; --resume then continues from there. log(step, record) after each step.
     """
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    net = distributed.wrap(model)  # DDP under torchrun: loss_fn runs inside its forward
-    world = distributed.world_size()
-    model.train()
-    bar = tqdm(range(start_step, cfg.steps), desc=desc, initial=start_step, total=cfg.steps,
-               dynamic_ncols=True, mininterval=1.0, disable=not distributed.is_main())
-    completed = start_step
-    t_start = t_last = time.time()
-    items_since = 0.0
-    try:
-        for step in bar:
-            lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.schedule)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            batches = [micro_batch(step, i) for i in range(cfg.grad_accum)]
-            # The items of every rank's micro-batches: the loss is their mean, not a mean of
-            # per-rank means (a rank with short examples must not weigh more per token).
-            total_items = max(distributed.all_sum(sum(float(count_items(b)) for b in batches)), 1.0)
-            loss_value, agg = 0.0, {}
-            for j, b in enumerate(batches):
-                # Gradients are synced over the ranks on the last micro-batch only.
-                loss_sum, stats = net(loss_fn, b, sync=j == len(batches) - 1)
-                # One graph in memory at a time; dividing by the whole batch's item count
-                # makes the summed gradients those of the full-batch mean. DDP averages the
-                # ranks' gradients, so `* world` turns that average back into their sum.
-                (loss_sum * world / total_items).backward()
-                loss_value += loss_sum.item() / total_items
-                for k, v in stats.items():
-                    agg[k] = agg.get(k, 0.0) + float(v)
-            # Every rank logs (and checks) the same global numbers.
-            summed = distributed.sum_across_ranks({"loss": loss_value, **agg})
-            loss_value, agg = summed.pop("loss"), summed
-            if not math.isfinite(loss_value):
-                raise NonFiniteLoss(
-                    f"non-finite loss ({loss_value}) at step {step + 1}; stopping without saving, so the "
-                    f"last good checkpoint stays. Try a lower --lr or check the data."
-                )
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            completed = step + 1
-            items_since += total_items
-            record = {"step": completed, "loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
-                      "elapsed_s": time.time() - t_start}
-            record.update({k: v / total_items for k, v in agg.items()})
-            if completed % cfg.log_every == 0 or completed == cfg.steps:
-                now = time.time()
-                record["items_per_s"] = items_since / max(now - t_last, 1e-9)
-                t_last, items_since = now, 0.0
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "elapsed_s")},
-                                refresh=False)
-            if cfg.eval_every and evaluate is not None and completed % cfg.eval_every == 0 and completed < cfg.steps:
-                record.update(evaluate())
-                model.train()
-            log.write(record)
-            if cfg.save_every and completed % cfg.save_every == 0 and completed < cfg.steps:
-                save(completed)
-            if cfg.interrupt_at is not None and completed == cfg.interrupt_at:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        bar.close()
-        # A step cut short left partial gradients; they are dropped, the finished steps saved.
-        optimizer.zero_grad(set_to_none=True)
+
+    def __init__(self, args, start: int, save, optimizer=None):
+        self.args, self.save, self.optimizer = args, save, optimizer
+        self.completed = start
+        self.metrics = MetricsLog(Path(args.out) / "metrics.jsonl", resume=args.resume)
+        self.bar = tqdm(total=args.steps, initial=start, desc=args.stage, dynamic_ncols=True, mininterval=1.0,
+                        disable=not distributed.is_main())
+        self.t_start = self.t_last = time.time()
+        self.items_since = 0.0
+
+    def log(self, step: int, record: dict, items: float = 0.0, evaluate=None) -> None:
+        """After 0-based `step`: write {"step": step + 1, **record} to metrics.jsonl, with the
+        held-out numbers of evaluate() every --eval-every steps, save every --save-every."""
+        a = self.args
+        self.completed = done = step + 1
+        record = {"step": done, **record, "elapsed_s": time.time() - self.t_start}
+        self.items_since += items
+        if done % a.log_every == 0 or done == a.steps:
+            now = time.time()
+            if items:
+                record["items_per_s"] = self.items_since / max(now - self.t_last, 1e-9)
+            self.t_last, self.items_since = now, 0.0
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
+                                  if k not in ("step", "elapsed_s") and isinstance(v, float)}, refresh=False)
+        self.bar.update(1)
+        if a.eval_every and evaluate is not None and done % a.eval_every == 0 and done < a.steps:
+            record.update(evaluate())
+        self.metrics.write(record)
+        if a.save_every and done % a.save_every == 0 and done < a.steps:
+            self.save(done)
+        if a.interrupt_at is not None and done == a.interrupt_at:
+            raise KeyboardInterrupt  # testing aid: behave as if Ctrl-C came after this step
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        self.bar.close()
+        if kind is not KeyboardInterrupt:
+            return False
+        if self.optimizer is not None:  # a step cut short left partial gradients
+            self.optimizer.zero_grad(set_to_none=True)
         if distributed.is_main():  # the one rank that writes (save is a no-op on the others)
-            print(f"\ninterrupted: saving a checkpoint after step {completed} (continue with --resume)",
+            print(f"\ninterrupted: saving a checkpoint after step {self.completed} (continue with --resume)",
                   file=sys.stderr)
-        save(completed)
+        self.save(self.completed)
         raise SystemExit(130)
-    bar.close()
-
-
-def save_checkpoint_with_state(model, optimizer, out_dir: Path, step: int, save_model: Callable[[Path], None]) -> None:
-    """The model (or adapter) via save_model, then the optimizer/RNG state for --resume."""
-    if not distributed.is_main():  # under torchrun only rank 0 writes
-        return
-    save_model(out_dir)
-    checkpoint.save_train_state(out_dir, optimizer, {"step": step})

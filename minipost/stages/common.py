@@ -17,7 +17,6 @@ import torch
 
 from minipost import checkpoint, distributed
 from minipost.tokenizer import Tokenizer
-from minipost.training import LoopConfig, MetricsLog
 
 
 def seed_everything(seed: int) -> None:
@@ -101,7 +100,9 @@ def apply_peft_from_args(model, args, tokenizer=None) -> str:
         from minipost import peft
 
         peft.apply_peft(model, args.peft, tokenizer=tokenizer, **peft_settings(args))
-    n_train, n_total = count_trainable(model)
+    from minipost.peft import trainable_parameters
+
+    n_train, n_total = trainable_parameters(model)
     args.trainable_params, args.total_params = n_train, n_total  # for eval.json and the report
     print(f"[{args.stage}] trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.2f}%)"
           f" peft={args.peft}", file=sys.stderr)
@@ -120,16 +121,6 @@ def peft_settings(args) -> dict:
     if args.peft == "adapter":
         return dict(bottleneck=args.bottleneck)
     return {}
-
-
-def count_trainable(model) -> tuple[int, int]:
-    try:
-        from minipost.peft import trainable_parameters
-
-        return trainable_parameters(model)
-    except ImportError:
-        params = {id(p): p for p in model.parameters()}.values()
-        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def save_stage(model, tokenizer: Tokenizer, args, optimizer=None, step: int | None = None, **info) -> None:
@@ -168,15 +159,47 @@ def resume_step(args, optimizer) -> int:
     return int(counters["step"])
 
 
-def loop_config(args, warmup_default: int = 0, schedule: str = "rewarm") -> LoopConfig:
-    return LoopConfig(steps=args.steps, lr=args.lr, grad_accum=args.grad_accum,
-                      warmup=args.warmup if args.warmup is not None else warmup_default,
-                      schedule=getattr(args, "schedule", schedule), log_every=args.log_every,
-                      eval_every=args.eval_every, save_every=args.save_every, interrupt_at=args.interrupt_at)
+# ----------------------------------------------------------------------------- RL stages (rl.py, ppo.py)
+
+def add_rl_args(g, group_size: int) -> None:
+    """The flags every RL stage shares (GRPO, RLOO, PPO), on the argument group g."""
+    g.add_argument("--train-file", type=Path, default=None, help="RL prompts JSONL (default: built-in rl_train)")
+    g.add_argument("--val-file", type=Path, default=None, help="held-out RL prompts (default: built-in rl_val)")
+    g.add_argument("--group-size", type=int, default=group_size, help="completions sampled per prompt (G, k)")
+    g.add_argument("--prompts-per-step", type=int, default=8, help="prompts per rollout batch")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="completion length limit")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollouts")
 
 
-def metrics_log(args) -> MetricsLog:
-    return MetricsLog(Path(args.out) / "metrics.jsonl", resume=args.resume)
+def load_prompts(args) -> tuple[list[dict], list[dict]]:
+    """(train records, held-out records capped at --max-eval) of {"prompt", "answer"}."""
+    from minipost import data as datasets
+
+    train = datasets.read_rl(args.train_file or datasets.builtin("rl_train"))
+    val = datasets.read_rl(args.val_file or datasets.builtin("rl_val"))[: args.max_eval]
+    return train, val
+
+
+def reference_copy(args, coef: float):
+    """The frozen reference of an RL stage under full fine-tuning: a second copy of --init.
+    None under --peft (the policy with adapters off is the reference) or when coef == 0."""
+    if coef == 0 or args.peft != "none":
+        return None
+    return load_stage_model(args.init, args.device)[0]
+
+
+def accuracy_before(model, tok, val, args) -> float:
+    """The starting model's held-out task accuracy (kept in config.json, so --resume reuses it)."""
+    from minipost.evaluate import task_accuracy
+
+    cfg = Path(args.out) / "config.json"
+    if args.resume and cfg.is_file():
+        info = checkpoint.read_json(cfg)
+        if "task_accuracy_before" in info:
+            return info["task_accuracy_before"]
+    acc = task_accuracy(model, tok, val, max_new_tokens=args.max_new_tokens)
+    print(f"[{args.stage}] task_accuracy_before = {acc:.3f} on {len(val)} held-out prompts", file=sys.stderr)
+    return acc
 
 
 def finish(args, metrics: dict, started: float) -> dict:

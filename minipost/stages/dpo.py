@@ -44,7 +44,6 @@ of the reply, its sign-off) where chosen and rejected may differ.
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
 import time
 from pathlib import Path
@@ -54,14 +53,14 @@ import torch
 from minipost import checkpoint
 from minipost import data as datasets
 from minipost import distributed
-from minipost.chat import render_completion
 from minipost.evaluate import reply_metrics
 from minipost.logprobs import model_sequence_logps
 from minipost.losses import dpo_loss
 from minipost.losses.dpo import LOSS_TYPES
-from minipost.packing import pad_batch
+from minipost.data import tokenize_pairs
+from minipost.packing import pair_batch, pair_indices
 from minipost.stages import common
-from minipost.training import make_optimizer, run_loop
+from minipost.training import ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
 
 REF_MODES = ("precompute", "adapters", "copy")
 REF_FILE = "ref_logps.safetensors"
@@ -89,28 +88,7 @@ def add_args(p, stage):
     p.add_argument("--max-new-tokens", type=int, default=64, help="reply length for the reply metrics")
 
 
-# --- data: pairs of rendered completions ---------------------------------------------------
-
-def tokenize_pairs(records: list[dict], tok, max_len: int) -> tuple[list[tuple], list[int]]:
-    """Render each record's prompt + chosen and prompt + rejected (render_completion: loss on
-    the reply and its <|end|> only) -> (pairs [((ids, targets), (ids, targets))], kept), keeping
-    the pairs whose full sequences (ids plus the final <|end|>) fit in max_len tokens; kept
-    lists the indices of the records they came from."""
-    pairs, kept = [], []
-    for i, r in enumerate(records):
-        chosen = render_completion(r["prompt"], r["chosen"], tok)
-        rejected = render_completion(r["prompt"], r["rejected"], tok)
-        if max(len(chosen[0]), len(rejected[0])) + 1 <= max_len:
-            pairs.append((chosen, rejected))
-            kept.append(i)
-    return pairs, kept
-
-
-def pair_batch(pairs: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
-    """B pairs -> one right-padded batch of 2B rows: rows 0..B-1 chosen, B..2B-1 rejected.
-    input_ids, targets [2B, W] (W = the longest of all 2B), as packing.pad_batch."""
-    return pad_batch([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
-
+# --- log-probs of pairs ---------------------------------------------------------------------
 
 def concatenated_logps(model, batch: dict, reduction: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
     """One forward over the stacked rows of pair_batch -> (chosen logps [B], rejected logps [B]).
@@ -138,23 +116,6 @@ def logps_table(model, pairs: list[tuple], pad_id: int, reduction: str = "sum", 
     return torch.cat(rows) if rows else torch.zeros(0, 2)
 
 
-@functools.lru_cache(maxsize=4)
-def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
-    return tuple(torch.randperm(n, generator=g).tolist())
-
-
-def pair_indices(n: int, batch_size: int, seed: int, draw: int) -> list[int]:
-    """The pairs of the draw-th micro-batch: the data is walked epoch after epoch, each epoch
-    in its own shuffled order seeded by (seed, epoch), so every pair is seen once per epoch
-    and a resumed run draws exactly what an uninterrupted one would."""
-    out = []
-    for k in range(draw * batch_size, (draw + 1) * batch_size):
-        epoch, pos = divmod(k, n)
-        out.append(_epoch_order(n, seed, epoch)[pos])
-    return out
-
-
 def pairs_drawn(n: int, batch_size: int, seed: int, draws: int) -> list[int]:
     """The sorted indices of every pair that micro-batches 0..draws-1 use."""
     return sorted({k for d in range(draws) for k in pair_indices(n, batch_size, seed, d)})
@@ -164,7 +125,7 @@ def pairs_drawn(n: int, batch_size: int, seed: int, draws: int) -> list[int]:
 
 def dpo_objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, loss_type, label_smoothing):
     """All [B] -> (loss summed over the pairs, stats summed over the pairs), the shape
-    run_loop expects (it divides both by the number of pairs)."""
+    ItemWeighted.backward expects (it divides both by the number of pairs)."""
     losses, chosen_r, rejected_r = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                                             beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
     stats = {"rewards/chosen": chosen_r.sum(), "rewards/rejected": rejected_r.sum(),
@@ -288,9 +249,18 @@ def run(args):
     start = common.resume_step(args, optimizer)
     save = lambda step: common.save_stage(model, tok, args, optimizer, step, beta=args.beta,  # noqa: E731
                                           loss_type=args.loss_type, ref_model=mode)
-    run_loop(model=model, optimizer=optimizer, cfg=common.loop_config(args),
-             micro_batch=micro_batch, count_items=lambda b: len(b["index"]), loss_fn=loss_fn, save=save,
-             log=common.metrics_log(args), start_step=start, evaluate=evaluate, desc="dpo")
+    net = distributed.wrap(model)  # DDP under torchrun: loss_fn runs inside its forward
+    with Progress(args, start, save, optimizer) as progress:
+        for step in range(start, args.steps):
+            model.train()
+            lr = set_lr(optimizer, step, args)
+            micro = [micro_batch(step, i) for i in range(args.grad_accum)]
+            acc = ItemWeighted([len(b["index"]) for b in micro])
+            for j, b in enumerate(micro):  # gradients are synced over the ranks on the last one only
+                acc.backward(*net(loss_fn, b, sync=j == len(micro) - 1))
+            record = acc.result()
+            record.update(lr=lr, grad_norm=clip_and_step(optimizer, record["loss"], step))
+            progress.log(step, record, items=acc.total, evaluate=evaluate)
     save(args.steps)
 
     # Evaluate on held-out data.

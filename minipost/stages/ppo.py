@@ -56,12 +56,11 @@ from pathlib import Path
 import torch
 
 from minipost import distributed
+from minipost.evaluate import task_accuracy
 from minipost.losses import gae, masked_mean, masked_sum, ppo_policy_loss, ppo_value_loss, whiten
-from minipost.rollout import batch_stats, completion_logps, rollout
+from minipost.rollout import batch_stats, batched, completion_logps, reference_scorer, rollout, sampling_generator, step_prompts
 from minipost.stages import common
-from minipost.stages.rl import (accuracy_before, batched, held_out_accuracy, load_prompts, optimizer_step,
-                                reference_scorer, sampling_generator, step_prompts, train_steps)
-from minipost.training import lr_at, make_optimizer
+from minipost.training import Progress, clip_and_step, make_optimizer, set_lr
 from minipost.value_head import ValueHead
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -70,19 +69,14 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 def add_args(p, stage):
     p.set_defaults(steps=100, batch_size=16, lr=1e-4, warmup=5)
     g = p.add_argument_group("ppo")
-    g.add_argument("--train-file", type=Path, default=None, help="RL prompts JSONL (default: built-in rl_train)")
-    g.add_argument("--val-file", type=Path, default=None, help="held-out RL prompts (default: built-in rl_val)")
-    g.add_argument("--group-size", type=int, default=4, help="completions sampled per prompt")
-    g.add_argument("--prompts-per-step", type=int, default=8, help="prompts per rollout batch")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=1.0)
+    common.add_rl_args(g, group_size=4)
     g.add_argument("--kl-coef", type=float, default=0.05, help="per-token KL penalty (0: no reference model)")
-    g.add_argument("--gamma", type=float, default=1.0)
-    g.add_argument("--lam", type=float, default=0.95)
+    g.add_argument("--gamma", type=float, default=1.0, help="discount of GAE")
+    g.add_argument("--lam", type=float, default=0.95, help="lambda of GAE (bias/variance trade-off)")
     g.add_argument("--ppo-epochs", type=int, default=2, help="passes over each rollout batch")
-    g.add_argument("--cliprange", type=float, default=0.2)
-    g.add_argument("--cliprange-value", type=float, default=0.2)
-    g.add_argument("--vf-coef", type=float, default=0.1)
+    g.add_argument("--cliprange", type=float, default=0.2, help="clip width of the policy ratio")
+    g.add_argument("--cliprange-value", type=float, default=0.2, help="clip width of the value change")
+    g.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss")
     g.add_argument("--value-lr", type=float, default=1e-3, help="peak learning rate of the value head")
 
 
@@ -124,21 +118,20 @@ def run(args):
         head = ValueHead(model.cfg.d_model)
         torch.nn.init.zeros_(head.proj.weight)
     head = head.to(args.device)
-    train, val = load_prompts(args)
-    ref_scorer = reference_scorer(model, args, args.kl_coef)
+    train, val = common.load_prompts(args)
+    ref_scorer = reference_scorer(model, args.kl_coef, args.batch_size, common.reference_copy(args, args.kl_coef))
+    held_out_accuracy = lambda: task_accuracy(model, tok, val, max_new_tokens=args.max_new_tokens)  # noqa: E731
 
-    before = accuracy_before(model, tok, val, args)
+    before = common.accuracy_before(model, tok, val, args)
     optimizer = make_optimizer(model, args.lr)
     optimizer.add_param_group({"params": list(head.parameters()), "weight_decay": 0.0,
                                "lr": args.value_lr, "lr_scale": args.value_lr / args.lr})
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     net = distributed.wrap(model, head)  # DDP over policy and critic under torchrun
 
     def policy_and_values(mb):  # both in one forward (DDP's, under torchrun)
         logps, hidden = completion_logps(model, mb, return_hidden=True)
         return logps, head.values(hidden)
     start = common.resume_step(args, optimizer)
-    log = common.metrics_log(args)
 
     def save(step):
         if not distributed.is_main():  # under torchrun only rank 0 writes
@@ -147,55 +140,53 @@ def run(args):
         head.save(head_path)
         common.save_stage(model, tok, args, optimizer, step, task_accuracy_before=before, value_head=VALUE_HEAD_FILE)
 
-    def step_fn(step: int) -> dict:
-        t0 = time.time()
-        lr = lr_at(step, args.steps, args.lr, args.warmup)
-        for g in optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
-        # torchrun: each rank takes its share of the step's prompts, sampled with its own seed
-        prompts = step_prompts(train, args.prompts_per_step * distributed.world_size(), args.seed, step)
-        prompts = distributed.shard(prompts)
-        ro = rollout(model, tok, prompts, args.group_size, args.max_new_tokens, temperature=args.temperature,
-                     generator=sampling_generator(args.seed, distributed.shard_index(step), args.device))
-        t1 = time.time()
-        with torch.no_grad():
-            old_values = batched(lambda mb: head.values(completion_logps(model, mb, return_hidden=True)[1]),
-                                 ro, args.batch_size)
-            ref_logps = ref_scorer(ro) if ref_scorer is not None else None
-        rewards = shaped_rewards(ro.rewards, ro.old_logps, ref_logps, ro.mask, args.kl_coef)
-        advantages, returns = gae(rewards, old_values, ro.mask, gamma=args.gamma, lam=args.lam)
-        advantages = whiten(advantages, ro.mask)
-
-        record = {"lr": lr, **batch_stats(ro), "value_mean": masked_mean(old_values, ro.mask).item()}
-        if ref_logps is not None:
-            record["kl"] = masked_sum(ro.old_logps - ref_logps, ro.mask, dim=1).mean().item()
-        model.train()
-        n = len(ro.texts)
-        order = torch.Generator().manual_seed(args.seed * 31 + step)
-        sums, count = {}, 0
-        for _ in range(args.ppo_epochs):
-            for idx in torch.randperm(n, generator=order).split(args.batch_size):
-                mb = ro.rows(idx)
-                idx = idx.to(ro.mask.device)
-                logps, values = net(policy_and_values, mb)
-                pg_loss, pg_clip = ppo_policy_loss(logps, mb.old_logps, advantages[idx], mb.mask, args.cliprange)
-                vf_loss, vf_clip = ppo_value_loss(values, old_values[idx], returns[idx], mb.mask,
-                                                  args.cliprange_value)
-                loss = pg_loss + args.vf_coef * vf_loss
-                loss.backward()
-                norm = optimizer_step(optimizer, params, loss.item(), step)
-                with torch.no_grad():  # k2 estimate of KL(pi_old || pi) just before this step
-                    approx_kl = 0.5 * masked_mean((logps - mb.old_logps) ** 2, mb.mask)
-                for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_frac", pg_clip),
-                             ("vf_clip_frac", vf_clip), ("approx_kl", approx_kl), ("grad_norm", norm)):
-                    sums[k] = sums.get(k, 0.0) + (v.item() if torch.is_tensor(v) else v)
-                count += 1
-        record.update({k: v / count for k, v in sums.items()})
-        record.update(rollout_s=t1 - t0, update_s=time.time() - t1)
-        return record
-
-    train_steps(args, model, step_fn, save, log, start, lambda: held_out_accuracy(model, tok, val, args))
+    with Progress(args, start, save, optimizer) as progress:
+        for step in range(start, args.steps):
+            t0 = time.time()
+            lr = set_lr(optimizer, step, args)
+            # 1.-2. rollout and scores. torchrun: each rank its share of the prompts, its own sampling seed
+            prompts = step_prompts(train, args.prompts_per_step * distributed.world_size(), args.seed, step)
+            ro = rollout(model, tok, distributed.shard(prompts), args.group_size, args.max_new_tokens,
+                         temperature=args.temperature,
+                         generator=sampling_generator(args.seed, distributed.shard_index(step), args.device))
+            t1 = time.time()
+            # 3.-5. per-token rewards, the critic's values, GAE
+            with torch.no_grad():
+                old_values = batched(lambda mb: head.values(completion_logps(model, mb, return_hidden=True)[1]),
+                                     ro, args.batch_size)
+                ref_logps = ref_scorer(ro) if ref_scorer is not None else None
+            rewards = shaped_rewards(ro.rewards, ro.old_logps, ref_logps, ro.mask, args.kl_coef)
+            advantages, returns = gae(rewards, old_values, ro.mask, gamma=args.gamma, lam=args.lam)
+            advantages = whiten(advantages, ro.mask)
+            record = {"lr": lr, **batch_stats(ro), "value_mean": masked_mean(old_values, ro.mask).item()}
+            if ref_logps is not None:
+                record["kl"] = masked_sum(ro.old_logps - ref_logps, ro.mask, dim=1).mean().item()
+            # 6. update: --ppo-epochs passes over random minibatches, one optimizer step each
+            model.train()
+            order = torch.Generator().manual_seed(args.seed * 31 + step)
+            sums, count = {}, 0
+            for _ in range(args.ppo_epochs):
+                for idx in torch.randperm(len(ro.texts), generator=order).split(args.batch_size):
+                    mb = ro.rows(idx)
+                    idx = idx.to(ro.mask.device)
+                    logps, values = net(policy_and_values, mb)
+                    pg_loss, pg_clip = ppo_policy_loss(logps, mb.old_logps, advantages[idx], mb.mask, args.cliprange)
+                    vf_loss, vf_clip = ppo_value_loss(values, old_values[idx], returns[idx], mb.mask,
+                                                      args.cliprange_value)
+                    loss = pg_loss + args.vf_coef * vf_loss
+                    loss.backward()
+                    norm = clip_and_step(optimizer, loss.item(), step)
+                    with torch.no_grad():  # k2 estimate of KL(pi_old || pi) just before this step
+                        approx_kl = 0.5 * masked_mean((logps - mb.old_logps) ** 2, mb.mask)
+                    for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_frac", pg_clip),
+                                 ("vf_clip_frac", vf_clip), ("approx_kl", approx_kl), ("grad_norm", norm)):
+                        sums[k] = sums.get(k, 0.0) + (v.item() if torch.is_tensor(v) else v)
+                    count += 1
+            record.update({k: v / count for k, v in sums.items()})
+            record.update(rollout_s=t1 - t0, update_s=time.time() - t1)
+            progress.log(step, distributed.mean_across_ranks(record),  # torchrun: the mean over the ranks
+                         evaluate=lambda: {"val_task_accuracy": held_out_accuracy()})
     save(args.steps)
-    after = held_out_accuracy(model, tok, val, args)
+    after = held_out_accuracy()
     return common.finish(args, {"task_accuracy_before": before, "task_accuracy": after,
                                 "eval_prompts": len(val)}, started)

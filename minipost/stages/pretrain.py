@@ -31,7 +31,7 @@ from minipost.config import preset
 from minipost.model import GPT
 from minipost.stages import common
 from minipost.tokenizer import Tokenizer
-from minipost.training import SCHEDULES, make_optimizer, run_loop
+from minipost.training import SCHEDULES, ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
 
 TOKENIZER_DIR = Path("out/tokenizer")
 
@@ -42,12 +42,11 @@ def add_args(p, stage):
     p.add_argument("--eval-rows", type=int, default=64, help="held-out rows for the loss")
     p.add_argument("--split-digits", default="on", choices=("on", "off"),
                    help="tokenizer: one token per digit (on) or BPE merges of digit runs (off)")
+    p.add_argument("--schedule", default="rewarm", choices=SCHEDULES, help="learning-rate schedule (training.lr_at)")
     if stage == "pretrain":
         p.set_defaults(steps=900, batch_size=16, lr=3e-3, warmup=50)
-        p.add_argument("--schedule", default="rewarm", choices=SCHEDULES)
     else:
         p.set_defaults(steps=300, batch_size=16, lr=1e-3, warmup=30)
-        p.add_argument("--schedule", default="rewarm", choices=SCHEDULES)
         p.add_argument("--replay", type=float, default=0.05, help="fraction of general text in each batch")
 
 
@@ -133,20 +132,28 @@ def run(args):
             return {"val_loss": rows_loss(model, general_val)}
         return {"domain_val_loss": rows_loss(model, domain_val), "general_val_loss": rows_loss(model, general_val)}
 
-    def loss_fn(rows):
+    def loss_fn(rows):  # -> (next-token loss summed over the rows' tokens, no stats)
         rows = rows.to(args.device)
         logits = model(rows[:, :-1])
         return F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum"), {}
 
     optimizer = make_optimizer(model, args.lr)
     start = common.resume_step(args, optimizer)
-    log = common.metrics_log(args)
     save = lambda step: common.save_stage(model, tok, args, optimizer, step, seq_len=args.seq_len)  # noqa: E731
-    run_loop(model=model, optimizer=optimizer, cfg=common.loop_config(args),
-             micro_batch=lambda step, i: sample_rows(sources, args.batch_size, args.seed, step,
-                                                     distributed.shard_index(i)),  # torchrun: own draws per rank
-             count_items=lambda rows: rows[:, 1:].numel(), loss_fn=loss_fn, save=save, log=log,
-             start_step=start, evaluate=evaluate, desc=args.stage)
+    net = distributed.wrap(model)  # DDP under torchrun: loss_fn runs inside its forward
+    with Progress(args, start, save, optimizer) as progress:
+        for step in range(start, args.steps):
+            model.train()
+            lr = set_lr(optimizer, step, args)
+            # torchrun: each rank draws its own rows
+            micro = [sample_rows(sources, args.batch_size, args.seed, step, distributed.shard_index(i))
+                     for i in range(args.grad_accum)]
+            acc = ItemWeighted([rows[:, 1:].numel() for rows in micro])
+            for j, rows in enumerate(micro):  # gradients are synced over the ranks on the last one only
+                acc.backward(*net(loss_fn, rows, sync=j == len(micro) - 1))
+            record = acc.result()
+            record.update(lr=lr, grad_norm=clip_and_step(optimizer, record["loss"], step))
+            progress.log(step, record, items=acc.total, evaluate=evaluate)
     save(args.steps)
     metrics = evaluate()
     if not all(math.isfinite(v) for v in metrics.values()):

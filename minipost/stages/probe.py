@@ -21,7 +21,7 @@ from minipost import data as datasets
 from minipost import distributed
 from minipost import peft
 from minipost.stages import common
-from minipost.training import make_optimizer, run_loop
+from minipost.training import ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
 
 
 def add_args(p, stage):
@@ -43,12 +43,13 @@ def encode(records, tok, max_len: int):
 
 
 @torch.no_grad()
-def accuracy(probe, input_ids, mask, labels, batch_size: int = 64) -> float:
+def accuracy(probe, input_ids, mask, labels, batch_size: int = 64, device="cpu") -> float:
+    """Held-out accuracy of the probe; input_ids, mask [N, L], labels [N] (moved to device)."""
     probe.eval()
     correct = 0
     for i in range(0, len(labels), batch_size):
-        logits = probe(input_ids[i:i + batch_size], mask[i:i + batch_size])
-        correct += (logits.argmax(-1) == labels[i:i + batch_size]).sum().item()
+        logits = probe(input_ids[i:i + batch_size].to(device), mask[i:i + batch_size].to(device))
+        correct += (logits.argmax(-1).cpu() == labels[i:i + batch_size]).sum().item()
     probe.train()
     return correct / len(labels)
 
@@ -73,8 +74,8 @@ def run(args):
         idx = torch.randint(len(train[2]), (args.batch_size,), generator=g)
         return tuple(t[idx] for t in train)
 
-    def loss_fn(batch):
-        input_ids, mask, labels = batch
+    def loss_fn(batch):  # -> (cross-entropy summed over the batch's messages, no stats)
+        input_ids, mask, labels = (t.to(args.device) for t in batch)
         return F.cross_entropy(probe(input_ids, mask), labels, reduction="sum"), {}
 
     optimizer = make_optimizer(probe, args.lr, weight_decay=0.0)
@@ -88,9 +89,19 @@ def run(args):
 
     if args.resume:
         peft.load_adapter(probe, args.out)
-    run_loop(model=probe, optimizer=optimizer, cfg=common.loop_config(args), micro_batch=micro_batch,
-             count_items=lambda b: len(b[2]), loss_fn=loss_fn, save=save, log=common.metrics_log(args),
-             start_step=start, evaluate=lambda: {"probe_accuracy": accuracy(probe, *val)}, desc="probe")
+    net = distributed.wrap(probe)  # DDP under torchrun: loss_fn runs inside its forward
+    with Progress(args, start, save, optimizer) as progress:
+        for step in range(start, args.steps):
+            probe.train()
+            lr = set_lr(optimizer, step, args)
+            micro = [micro_batch(step, i) for i in range(args.grad_accum)]
+            acc = ItemWeighted([len(labels) for _, _, labels in micro])
+            for j, b in enumerate(micro):  # gradients are synced over the ranks on the last one only
+                acc.backward(*net(loss_fn, b, sync=j == len(micro) - 1))
+            record = acc.result()
+            record.update(lr=lr, grad_norm=clip_and_step(optimizer, record["loss"], step))
+            progress.log(step, record, items=acc.total,
+                         evaluate=lambda: {"probe_accuracy": accuracy(probe, *val, device=args.device)})
     save(args.steps)
     majority = torch.bincount(val[2], minlength=n_classes).max().item() / len(val[2])
-    return common.finish(args, {"probe_accuracy": accuracy(probe, *val), "majority_baseline": majority}, started)
+    return common.finish(args, {"probe_accuracy": accuracy(probe, *val, device=args.device), "majority_baseline": majority}, started)

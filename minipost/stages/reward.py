@@ -33,10 +33,10 @@ import torch
 from minipost import data as datasets
 from minipost import distributed
 from minipost.losses import reward_loss
-from minipost.packing import pad_batch
+from minipost.data import tokenize_pairs
+from minipost.packing import pad_batch, pair_indices
 from minipost.stages import common
-from minipost.stages.dpo import pair_indices, tokenize_pairs
-from minipost.training import make_optimizer, run_loop
+from minipost.training import ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
 from minipost.value_head import RewardModel, ValueHead
 
 HEAD_FILE = "value_head.safetensors"
@@ -95,7 +95,7 @@ def pair_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
 
 def rm_objective(chosen, rejected, margin, center_coef):
     """chosen, rejected, margin [B] -> (loss summed over the pairs, stats summed over the
-    pairs), as run_loop expects. reward_loss is a mean over the batch, hence the * B."""
+    pairs), as ItemWeighted.backward expects. reward_loss is a mean over the batch, hence the * B."""
     n = chosen.shape[0]
     loss = reward_loss(chosen, rejected, margin=margin, center_coef=center_coef) * n
     stats = {"rewards/chosen": chosen.detach().sum(), "rewards/rejected": rejected.detach().sum(),
@@ -166,9 +166,18 @@ def run(args):
         common.save_stage(model, tok, args, optimizer, step, value_head=HEAD_FILE)
         rm.head.save(Path(args.out) / HEAD_FILE)
 
-    run_loop(model=rm, optimizer=optimizer, cfg=common.loop_config(args), micro_batch=micro_batch,
-             count_items=lambda b: len(b["margin"]), loss_fn=loss_fn, save=save, log=common.metrics_log(args),
-             start_step=start, evaluate=evaluate, desc="rm")
+    net = distributed.wrap(rm)  # DDP under torchrun: loss_fn runs inside its forward
+    with Progress(args, start, save, optimizer) as progress:
+        for step in range(start, args.steps):
+            rm.train()
+            lr = set_lr(optimizer, step, args)
+            micro = [micro_batch(step, i) for i in range(args.grad_accum)]
+            acc = ItemWeighted([len(b["margin"]) for b in micro])
+            for j, b in enumerate(micro):  # gradients are synced over the ranks on the last one only
+                acc.backward(*net(loss_fn, b, sync=j == len(micro) - 1))
+            record = acc.result()
+            record.update(lr=lr, grad_norm=clip_and_step(optimizer, record["loss"], step))
+            progress.log(step, record, items=acc.total, evaluate=evaluate)
     save(args.steps)
 
     metrics = evaluate()

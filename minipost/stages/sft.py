@@ -28,10 +28,10 @@ from minipost import distributed
 from minipost import evaluate as ev
 from minipost.chat import MASK_MODES, render_chat
 from minipost.logprobs import scored_logits
-from minipost.losses import sft_loss_sum
+from minipost.losses import IGNORE_INDEX, sft_loss_sum
 from minipost.packing import batches, fit_sft, pack, pad_batch
 from minipost.stages import common
-from minipost.training import make_optimizer, run_loop
+from minipost.training import ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
 
 
 def add_args(p, stage):
@@ -60,7 +60,7 @@ def make_rows(docs, tok, seq_len: int, packing: str) -> dict[str, torch.Tensor]:
 
 def trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop columns that are padding in every row (padded batches: pad to the longest)."""
-    width = int((batch["targets"] != -100).any(0).nonzero().max()) + 1
+    width = int((batch["targets"] != IGNORE_INDEX).any(0).nonzero().max()) + 1
     return {k: v[:, :width] for k, v in batch.items()}
 
 
@@ -110,7 +110,7 @@ def run(args):
         batch = next(batches(train_rows, args.batch_size, args.seed, epoch=k // per_epoch, start=k % per_epoch))
         return trim(batch) if args.packing == "off" else batch
 
-    def loss_fn(b):
+    def loss_fn(b):  # -> (loss summed over the batch's trained tokens, no stats)
         b = {k: v.to(args.device) for k, v in b.items()}
         loss_sum, _ = sft_loss_sum(*trained_logits(model, b))
         return loss_sum, {}
@@ -118,9 +118,17 @@ def run(args):
     optimizer = make_optimizer(model, args.lr)
     start = common.resume_step(args, optimizer)
     save = lambda step: common.save_stage(model, tok, args, optimizer, step, mask=args.mask)  # noqa: E731
-    run_loop(model=model, optimizer=optimizer, cfg=common.loop_config(args), micro_batch=micro_batch,
-             count_items=lambda b: (b["targets"] != -100).sum().item(), loss_fn=loss_fn, save=save,
-             log=common.metrics_log(args), start_step=start, evaluate=lambda: {"val_loss": val_loss(model, val_rows)},
-             desc="sft")
+    net = distributed.wrap(model)  # DDP under torchrun: loss_fn runs inside its forward
+    with Progress(args, start, save, optimizer) as progress:
+        for step in range(start, args.steps):
+            model.train()
+            lr = set_lr(optimizer, step, args)
+            micro = [micro_batch(step, i) for i in range(args.grad_accum)]
+            acc = ItemWeighted([(b["targets"] != IGNORE_INDEX).sum().item() for b in micro])
+            for j, b in enumerate(micro):  # gradients are synced over the ranks on the last one only
+                acc.backward(*net(loss_fn, b, sync=j == len(micro) - 1))
+            record = acc.result()
+            record.update(lr=lr, grad_norm=clip_and_step(optimizer, record["loss"], step))
+            progress.log(step, record, items=acc.total, evaluate=lambda: {"val_loss": val_loss(model, val_rows)})
     save(args.steps)
     return common.finish(args, {**evaluate(), **before}, started)
