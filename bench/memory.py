@@ -36,7 +36,7 @@ RUNS = {  # name -> (stage, PEFT method, what the reference is)
     "LoRA-SFT": ("sft", "lora", None),
     "LoRA-SFT, same rows as DPO": ("sft-rows", "lora", None),
     "LoRA-DPO": ("dpo", "lora", "adapters"),
-    "LoRA-DPO, reference copy": ("dpo", "lora", "copy"),
+    "LoRA-DPO, reference copy": ("dpo", "lora", "copy"),  # the copy is built here (deepcopy), not by the stage
     "full SFT": ("sft", "none", None),
     "full DPO, precomputed reference": ("dpo", "none", "precompute"),
     "full DPO, reference copy": ("dpo", "none", "copy"),
@@ -58,7 +58,7 @@ def child(name: str, args) -> dict:
     from minipost.model import GPT
     from minipost.stages import common
     from minipost.stages import dpo
-    from minipost.packing import pad_batch
+    from minipost.packing import pad_batch, pair_batch
     from minipost.stages.sft import make_rows, tokenize, trained_logits
     from minipost.training import make_optimizer
 
@@ -92,8 +92,8 @@ def child(name: str, args) -> dict:
         batches = [pad_batch(docs[i * n:(i + 1) * n], tok.pad_id) for i in range(args.steps)]
     else:
         records = datasets.read_preferences(datasets.builtin("pref_train"))[: args.steps * args.dpo_batch]
-        pairs, _ = dpo.tokenize_pairs(records, tok, model.cfg.max_seq_len)
-        batches = [dpo.pair_batch(pairs[i * args.dpo_batch:(i + 1) * args.dpo_batch], tok.pad_id)
+        pairs, _ = datasets.tokenize_pairs(records, tok, model.cfg.max_seq_len)
+        batches = [pair_batch(pairs[i * args.dpo_batch:(i + 1) * args.dpo_batch], tok.pad_id)
                    for i in range(args.steps)]
         if ref_mode == "precompute":
             table = dpo.logps_table(model, pairs, tok.pad_id)

@@ -21,8 +21,30 @@ STAGES: dict[str, tuple[str, str | None]] = {
     "ppo": ("ppo", "sft"),
     "all": ("workflow", None),
 }
+# one line each for `python train.py --help`
+STAGE_HELP = {
+    "pretrain": "train the tokenizer and a small GPT from scratch on the general corpus",
+    "cpt": "continual pretraining on the new-domain corpus, with replay of general text",
+    "sft": "supervised fine-tuning on support dialogues (loss masks, packing)",
+    "probe": "linear probe on the frozen model's features (message intent)",
+    "rm": "reward model: Bradley-Terry on preference pairs",
+    "dpo": "direct preference optimization against the SFT model",
+    "grpo": "GRPO: RL from verifiable rewards with group-relative advantages",
+    "rloo": "RLOO: RL from verifiable rewards with a leave-one-out baseline",
+    "ppo": "PPO with a learned critic (value head) and GAE",
+    "all": "the whole chain pretrain -> cpt -> sft -> rm -> dpo -> grpo, then the report",
+}
 PEFT_METHODS = ("none", "lora", "qlora", "prefix", "prompt", "adapter")
 OUT_ROOT = Path("out")
+
+
+def overview() -> str:
+    """The text of `python train.py --help`: the stages, one line each."""
+    width = max(len(s) for s in STAGES)
+    lines = ["usage: python train.py --stage STAGE [flags]   (python train.py --stage STAGE --help: its flags)",
+             "", "stages:"]
+    lines += [f"  {s:<{width}}  {STAGE_HELP[s]}" for s in STAGES]
+    return "\n".join(lines)
 
 
 def stage_module(stage: str):
@@ -30,38 +52,42 @@ def stage_module(stage: str):
 
 
 def build_parser(stage: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description=f"minipost: run the {stage!r} stage")
-    p.add_argument("--stage", required=True, choices=list(STAGES))
-    p.add_argument("--out", type=Path, default=None, help="output directory (default out/STAGE)")
-    p.add_argument("--init", type=Path, default=None, help="checkpoint to start from (default: the previous stage's output)")
+    p = argparse.ArgumentParser(prog="train.py", description=f"minipost: {stage}: {STAGE_HELP[stage]}",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--stage", required=True, choices=list(STAGES), help="the stage to run")
+    p.add_argument("--out", type=Path, default=None, help="output directory (None: out/STAGE)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="checkpoint to start from (None: the previous stage's output)")
     p.add_argument("--steps", type=int, help="optimizer steps")
     p.add_argument("--batch-size", type=int, help="examples (or rows) per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--warmup", type=int, help="warmup steps")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--warmup", type=int, help="warmup steps (at most a tenth of --steps unless given)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of every random draw (minipost/seeding.py)")
+    p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: 1 on machines with 2 or fewer cores, else torch's choice)")
+                   help="CPU threads for torch (None: 1 on machines with 2 or fewer cores, else torch's choice)")
     p.add_argument("--preset", default="small", help="model preset for a model built from scratch (tiny, small, base)")
-    p.add_argument("--kernels", default="auto", choices=("auto", "torch", "triton"))
+    p.add_argument("--kernels", default="auto", choices=("auto", "torch", "triton"),
+                   help="attention/LoRA kernels (auto: triton on CUDA)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--log-every", type=int, default=10, help="progress-bar and throughput update every N steps")
     p.add_argument("--eval-every", type=int, default=0, help="held-out eval every N steps (0: only at the end)")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end and on Ctrl-C)")
     p.add_argument("--max-eval", type=int, default=200, help="held-out examples used by generation metrics")
     p.add_argument("--interrupt-at", type=int, default=None, help=argparse.SUPPRESS)
     g = p.add_argument_group("parameter-efficient fine-tuning")
-    g.add_argument("--peft", default="none", choices=PEFT_METHODS)
-    g.add_argument("--lora-r", type=int, default=8)
-    g.add_argument("--lora-alpha", type=float, default=16.0)
-    g.add_argument("--lora-dropout", type=float, default=0.0)
-    g.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
-    g.add_argument("--rslora", action="store_true")
-    g.add_argument("--n-virtual", type=int, default=16)
-    g.add_argument("--prefix-projection", action="store_true")
+    g.add_argument("--peft", default="none", choices=PEFT_METHODS, help="parameter-efficient method (none: full)")
+    g.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    g.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (scaling alpha / r)")
+    g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA branch's input")
+    g.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                   help="comma-separated linear layers that get LoRA")
+    g.add_argument("--rslora", action="store_true", help="rank-stabilised scaling alpha / sqrt(r)")
+    g.add_argument("--n-virtual", type=int, default=16, help="virtual tokens of prefix / prompt tuning")
+    g.add_argument("--prefix-projection", action="store_true", help="prefix tuning through an MLP")
     g.add_argument("--prompt-init", default="random", help="prompt tuning init: random, vocab, or a text")
-    g.add_argument("--bottleneck", type=int, default=32)
+    g.add_argument("--bottleneck", type=int, default=32, help="width of the bottleneck adapters")
     module = stage_module(stage)
     module.add_args(p, stage)
     return p
@@ -71,6 +97,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--stage")
     known, _ = pre.parse_known_args(argv)
+    if known.stage is None and any(a in ("-h", "--help") for a in argv):
+        print(overview())
+        raise SystemExit(0)
     if known.stage is None or known.stage not in STAGES:
         msg = "--stage is required" if known.stage is None else f"unknown stage {known.stage!r}"
         raise SystemExit(f"train.py: error: {msg}; choose one of: {', '.join(STAGES)}")
@@ -82,10 +111,26 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if args.resume and args.init is not None and Path(args.init).resolve() == Path(args.out).resolve():
         raise SystemExit("train.py: error: --init and --out are the same directory")
     for name in ("steps", "batch_size", "grad_accum", "log_every", "max_eval"):
-        v = getattr(args, name)
+        v = getattr(args, name, None)
         if v is not None and v < 1:
             raise SystemExit(f"train.py: error: --{name.replace('_', '-')} must be at least 1, got {v}")
+    if getattr(args, "warmup", None) is not None and args.steps is not None:
+        cap_warmup(args, explicit=any(a == "--warmup" or a.startswith("--warmup=") for a in argv))
     return args
+
+
+def cap_warmup(args: argparse.Namespace, explicit: bool) -> None:
+    """Warmup never exceeds the run: an explicit --warmup larger than --steps is an error; a
+    stage default is capped at a tenth of the steps (a short test run is not all warmup)."""
+    if args.warmup < 0:
+        raise SystemExit(f"train.py: error: --warmup must be >= 0, got {args.warmup}")
+    if explicit:
+        if args.warmup > args.steps:
+            raise SystemExit(f"train.py: error: --warmup {args.warmup} is longer than the run (--steps {args.steps})")
+    elif args.warmup > args.steps // 10:
+        print(f"[{args.stage}] warmup {args.warmup} capped at {args.steps // 10} (a tenth of --steps {args.steps}; "
+              f"pass --warmup to choose)", file=sys.stderr)
+        args.warmup = args.steps // 10
 
 
 def ensure_stage_output(args: argparse.Namespace) -> None:

@@ -1,4 +1,4 @@
-"""Fitting documents into fixed-length rows: splitting, truncation, packing, padding, batching.
+"""Fitting documents into fixed-length rows: truncation, packing, padding, batching.
 
 A document here is a pair (input_ids, targets) of equal length with pre-shifted targets
 (DESIGN §2): targets[t] is the token after input_ids[t], -100 where there is no loss.
@@ -27,7 +27,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-IGNORE_INDEX = -100
+from minipost.losses import IGNORE_INDEX
+from minipost.seeding import rng
 
 Document = tuple[Sequence[int], Sequence[int]]
 
@@ -36,30 +37,6 @@ def _check_doc(ids, targets, index=None) -> None:
     if len(ids) != len(targets):
         which = "" if index is None else f"document {index}: "
         raise ValueError(f"{which}input_ids and targets must have the same length, got {len(ids)} and {len(targets)}")
-
-
-def text_document(tokens: Sequence[int], bos_id: int, eos_id: int) -> tuple[list[int], list[int]]:
-    """A plain text for (continual) pretraining: s = [bos] + tokens + [eos], every token
-    trained; returns (s[:-1], s[1:])."""
-    s = [bos_id, *tokens, eos_id]
-    return s[:-1], s[1:]
-
-
-def split_document(input_ids: Sequence[int], targets: Sequence[int], seq_len: int) -> list[tuple[list[int], list[int]]]:
-    """Cut an over-long pretraining/CPT document into chunks of at most seq_len positions.
-
-    Plain slicing at stride seq_len loses no target: with pre-shifted targets, the target
-    of a chunk's last position, targets[k*L - 1], is the token input_ids[k*L] that opens
-    the next chunk, so every (input, target) pair lands in exactly one chunk and the
-    token is still predicted once. (Cutting the token list s itself instead would need
-    windows of L + 1 tokens overlapping by one to get the same pairs.) What a chunk
-    loses is attention to the chunks before it: each chunk starts with fresh context.
-    """
-    _check_doc(input_ids, targets)
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    return [(list(input_ids[i:i + seq_len]), list(targets[i:i + seq_len]))
-            for i in range(0, len(input_ids), seq_len)]
 
 
 def truncate_sft(input_ids: Sequence[int], targets: Sequence[int], seq_len: int) -> tuple[list[int], list[int]]:
@@ -114,7 +91,7 @@ def pack(docs: Sequence[Document], seq_len: int, pad_id: int) -> dict[str, torch
         _check_doc(ids, targets, i)
         if len(ids) > seq_len:
             raise ValueError(f"document {i} has {len(ids)} tokens, more than seq_len={seq_len}: "
-                             "split_document or truncate_sft it first")
+                             "truncate_sft it first")
         lengths.append(len(ids))
 
     order = sorted((i for i in range(len(docs)) if lengths[i] > 0), key=lambda i: -lengths[i])  # stable
@@ -180,11 +157,19 @@ def pad_batch(docs: Sequence[Document], pad_id: int, seq_len: int | None = None)
     return {"input_ids": input_ids, "targets": targets, "doc_ids": doc_ids, "position_ids": position_ids}
 
 
+@functools.lru_cache(maxsize=4)
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The shuffled order of n items in epoch `epoch`: a permutation drawn from
+    seeding.rng(seed, "epoch", epoch), so each epoch has its own order and none depends
+    on earlier draws."""
+    return tuple(torch.randperm(n, generator=rng(seed, "epoch", epoch)).tolist())
+
+
 def batches(rows: dict[str, torch.Tensor], batch_size: int, seed: int, epoch: int,
             start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """Yield the rows in a shuffled order, batch_size at a time (the last batch may be smaller).
 
-    The order depends only on (seed, epoch), so a resumed run that knows its epoch and how
+    The order depends only on (seed, epoch) (epoch_order), so a resumed run that knows its epoch and how
     many batches it already took (start) continues with exactly the batches it would have
     seen. Every tensor in rows is indexed along dim 0 alike.
     """
@@ -194,10 +179,7 @@ def batches(rows: dict[str, torch.Tensor], batch_size: int, seed: int, epoch: in
     if len(set(sizes.values())) != 1:
         raise ValueError(f"all tensors in rows must have the same number of rows, got {sizes}")
     n = next(iter(sizes.values()))
-    # One generator per epoch, seeded from both numbers (1_000_003 is a prime larger than
-    # any epoch count), so each epoch has its own order and none depends on earlier draws.
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
-    order = torch.randperm(n, generator=generator)
+    order = torch.tensor(epoch_order(n, seed, epoch))
     for b in range(start, math.ceil(n / batch_size)):
         index = order[b * batch_size:(b + 1) * batch_size]
         yield {key: t[index] for key, t in rows.items()}
@@ -220,11 +202,5 @@ def pair_indices(n: int, batch_size: int, seed: int, draw: int) -> list[int]:
     out = []
     for k in range(draw * batch_size, (draw + 1) * batch_size):
         epoch, pos = divmod(k, n)
-        out.append(_epoch_order(n, seed, epoch)[pos])
+        out.append(epoch_order(n, seed, epoch)[pos])
     return out
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
-    return tuple(torch.randperm(n, generator=g).tolist())

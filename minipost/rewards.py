@@ -125,12 +125,3 @@ def states_fact(reply: str, fact: str) -> bool:
         start = r.find(f, start + 1)
     return False
 
-
-def is_well_formed_reply(reply_text: str) -> bool:
-    """True if a generated reply (decoded text up to, not including, its closing <|end|>)
-    is non-empty and contains no chat control marker, i.e. the model neither produced an
-    empty turn nor ran on into another role's turn.
-    """
-    if not reply_text.strip():
-        return False
-    return not any(m in reply_text for m in ROLE_MARKERS)

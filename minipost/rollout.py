@@ -44,6 +44,7 @@ from minipost.generate import generate, left_pad
 from minipost.logprobs import token_logps
 from minipost.model import KVCache
 from minipost.losses import IGNORE_INDEX
+from minipost.seeding import rng
 
 
 @dataclass
@@ -204,13 +205,13 @@ def batch_stats(ro: Rollout) -> dict[str, float]:
 
 def step_prompts(train: list[dict], n: int, seed: int, step: int) -> list[dict]:
     """The prompts of step `step`: a function of (seed, step), so --resume sees the same ones."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    g = rng(seed, "prompts", step)
     return [train[i] for i in torch.randint(len(train), (n,), generator=g).tolist()]
 
 
 def sampling_generator(seed: int, step: int, device="cpu") -> torch.Generator:
     """The generator that samples step `step`'s completions (each rank passes its own step index)."""
-    return torch.Generator(device=device).manual_seed(seed * 7_919 + step + 1)
+    return rng(seed, "sampling", step, device=device)
 
 
 def batched(fn, ro: Rollout, rows: int) -> torch.Tensor:

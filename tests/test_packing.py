@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 
 from minipost.config import preset
 from minipost.model import GPT
-from minipost.packing import (batches, fit_sft, pack, pad_batch, split_document, text_document,
-                              truncate_sft)
+from minipost.packing import batches, fit_sft, pack, pad_batch, truncate_sft
 
 IGN = -100
 PAD = 3
@@ -23,33 +22,7 @@ def make_doc(i, n, masked=()):
     return ids, targets
 
 
-# ---- split_document / truncate_sft / fit_sft ---------------------------------------------------
-
-def test_text_document():
-    assert text_document([7, 8, 9], bos_id=1, eos_id=2) == ([1, 7, 8, 9], [7, 8, 9, 2])
-
-
-def test_split_document_example():
-    ids, targets = text_document([10, 11, 12, 13, 14, 15, 16], bos_id=1, eos_id=2)  # s = 1 10..16 2
-    chunks = split_document(ids, targets, 3)
-    assert chunks == [([1, 10, 11], [10, 11, 12]), ([12, 13, 14], [13, 14, 15]), ([15, 16], [16, 2])]
-
-
-@settings(max_examples=200, deadline=None)
-@given(n=st.integers(0, 60), seq_len=st.integers(1, 16))
-def test_split_document_loses_no_target(n, seq_len):
-    ids, targets = text_document(list(range(10, 10 + n)), bos_id=1, eos_id=2)
-    chunks = split_document(ids, targets, seq_len)
-    assert len(chunks) == -(-len(ids) // seq_len)
-    assert all(1 <= len(c[0]) <= seq_len and len(c[0]) == len(c[1]) for c in chunks)
-    assert all(len(c[0]) == seq_len for c in chunks[:-1])
-    # Every (input, target) pair exactly once, in order: concatenation gives the document back.
-    assert [x for c in chunks for x in c[0]] == ids
-    assert [y for c in chunks for y in c[1]] == targets
-    # The target of a chunk's last position is the first input of the next chunk.
-    for a, b in zip(chunks, chunks[1:]):
-        assert a[1][-1] == b[0][0]
-
+# ---- truncate_sft / fit_sft ---------------------------------------------------
 
 def test_truncate_sft_keeps_the_start():
     ids, targets = make_doc(0, 10, masked=range(6))  # prompt of 6 positions, then 4 trained

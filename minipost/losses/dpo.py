@@ -47,6 +47,21 @@ from minipost.losses._masked import check_same_shape
 LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
 
 
+def check_settings(beta: float, loss_type: str, label_smoothing: float) -> None:
+    """Raise ValueError unless (beta, loss_type, label_smoothing) is a valid dpo_loss setting."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    eps = float(label_smoothing)
+    if loss_type == "sigmoid" and not 0.0 <= eps <= 0.5:
+        raise ValueError(f"label_smoothing for sigmoid DPO must be in [0, 0.5], got {eps}")
+    if loss_type == "robust" and not 0.0 <= eps < 0.5:
+        raise ValueError(f"label_smoothing for robust DPO must be in [0, 0.5), got {eps} (it divides by 1 - 2*eps)")
+    if loss_type in ("ipo", "hinge") and eps != 0.0:
+        raise ValueError(f"label_smoothing is defined for sigmoid and robust DPO only, got {eps} with {loss_type!r}")
+
+
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -76,17 +91,8 @@ def dpo_loss(
         ref_chosen_logps=ref_chosen_logps,
         ref_rejected_logps=ref_rejected_logps,
     )
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown DPO loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
-    if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    check_settings(beta, loss_type, label_smoothing)
     eps = float(label_smoothing)
-    if loss_type == "sigmoid" and not 0.0 <= eps <= 0.5:
-        raise ValueError(f"label_smoothing for sigmoid DPO must be in [0, 0.5], got {eps}")
-    if loss_type == "robust" and not 0.0 <= eps < 0.5:
-        raise ValueError(f"label_smoothing for robust DPO must be in [0, 0.5), got {eps} (it divides by 1 - 2*eps)")
-    if loss_type in ("ipo", "hinge") and eps != 0.0:
-        raise ValueError(f"label_smoothing is defined for sigmoid and robust DPO only, got {eps} with {loss_type!r}")
 
     chosen_logratio = policy_chosen_logps - ref_chosen_logps
     rejected_logratio = policy_rejected_logps - ref_rejected_logps

@@ -212,7 +212,25 @@ def finish(args, metrics: dict, started: float) -> dict:
     if getattr(args, "trainable_params", None) is not None:
         metrics.update(trainable_params=args.trainable_params, total_params=args.total_params)
     if distributed.is_main():
-        checkpoint.write_json(metrics, Path(args.out) / "eval.json")
+        out = Path(args.out)
+        checkpoint.write_json(metrics, out / "eval.json")
         print(f"[{args.stage}] eval: " + json.dumps(metrics))
+        files = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+        print(f"[{args.stage}] wrote {out}: {', '.join(files)}")
+        print(results_table(metrics))
     distributed.barrier()
     return metrics
+
+
+def results_table(metrics: dict) -> str:
+    """The held-out numbers of eval.json as a small table: metric, value, and the starting
+    model's value where the stage measured it (key_before)."""
+    rows = [(k, v, metrics.get(f"{k}_before")) for k, v in metrics.items()
+            if isinstance(v, float) and not k.endswith("_before") and k != "wall_time_s"]
+    if not rows:
+        return ""
+    width = max(len(k) for k, _, _ in rows)
+    lines = [f"  {'held-out':<{width}}  {'value':>9}  {'before':>9}"]
+    for k, v, before in rows:
+        lines.append(f"  {k:<{width}}  {v:>9.4f}  " + (f"{before:>9.4f}" if isinstance(before, float) else f"{'':>9}"))
+    return "\n".join(lines)

@@ -16,17 +16,14 @@ How it is computed here:
 - One forward for both sides: the chosen rows and then the rejected rows of a batch are
   stacked into one right-padded batch [2B, W] (as TRL's `concatenated_forward`): one
   pass instead of two, and the two halves see identical weights and numerics.
-- The reference costs no second model in memory (--ref-model):
-    precompute  (the default for full fine-tuning) the reference log-probs of the held-out
-                pairs and of every train pair the run will draw (the draws are a function
-                of --seed, --steps, --batch-size; pairs never drawn are skipped) are
-                computed in one no-grad pass before training, by the model itself (it IS
-                the reference then), and stored in out/ref_logps.safetensors (so
-                --resume finds them);
-    adapters    (the default under --peft) the reference is the same model inside
-                peft.disable_adapters, computed on the fly (DESIGN §6);
-    copy        a frozen second model loaded from --init: twice the weights in memory,
-                for comparison (bench/memory.py).
+- The reference costs no second model in memory:
+    full fine-tuning  the model IS the reference before its first step, so the reference
+                      log-probs of every train and held-out pair are computed by it in one
+                      no-grad pass before training and stored in out/ref_logps.safetensors
+                      (--resume reads them: the model in memory is no longer the reference);
+    --peft            the reference is the same model inside peft.disable_adapters, computed
+                      on the fly (DESIGN §6); the held-out pairs' once, at the start.
+  (bench/memory.py compares both with a frozen second copy of the model.)
 - The stats of each step (tqdm bar and metrics.jsonl), averaged over the pairs: loss,
   rewards/chosen, rewards/rejected (the implicit rewards above), rewards/accuracies
   (fraction with r_c > r_r), rewards/margins (r_c - r_r).
@@ -43,7 +40,6 @@ of the reply, its sign-off) where chosen and rejected may differ.
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -56,13 +52,12 @@ from minipost import distributed
 from minipost.evaluate import reply_metrics
 from minipost.logprobs import model_sequence_logps
 from minipost.losses import dpo_loss
-from minipost.losses.dpo import LOSS_TYPES
+from minipost.losses.dpo import LOSS_TYPES, check_settings
 from minipost.data import tokenize_pairs
 from minipost.packing import pair_batch, pair_indices
 from minipost.stages import common
 from minipost.training import ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
 
-REF_MODES = ("precompute", "adapters", "copy")
 REF_FILE = "ref_logps.safetensors"
 
 
@@ -75,10 +70,8 @@ def add_args(p, stage):
     # held-out pair moves pref_accuracy 0.5 points, one held-out question fact_accuracy 0.6.
     p.set_defaults(steps=350, batch_size=8, lr=5e-5, warmup=10)
     p.add_argument("--beta", type=float, default=0.1, help="KL strength of the implicit reward")
-    p.add_argument("--loss-type", default="sigmoid", choices=LOSS_TYPES)
+    p.add_argument("--loss-type", default="sigmoid", choices=LOSS_TYPES, help="the DPO variant (losses/dpo.py)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="assumed fraction of flipped labels")
-    p.add_argument("--ref-model", default=None, choices=REF_MODES,
-                   help="how the reference is computed (default: adapters under --peft, else precompute)")
     p.add_argument("--max-len", type=int, default=None,
                    help="drop pairs longer than this (default: the model's context)")
     p.add_argument("--train-file", type=Path, default=None, help="preference JSONL (default: built-in pref_train)")
@@ -116,11 +109,6 @@ def logps_table(model, pairs: list[tuple], pad_id: int, reduction: str = "sum", 
     return torch.cat(rows) if rows else torch.zeros(0, 2)
 
 
-def pairs_drawn(n: int, batch_size: int, seed: int, draws: int) -> list[int]:
-    """The sorted indices of every pair that micro-batches 0..draws-1 use."""
-    return sorted({k for d in range(draws) for k in pair_indices(n, batch_size, seed, d)})
-
-
 # --- loss and metric -----------------------------------------------------------------------
 
 def dpo_objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, loss_type, label_smoothing):
@@ -144,15 +132,13 @@ def pref_accuracy(policy: torch.Tensor, reference: torch.Tensor) -> float:
 
 def run(args):
     started = time.time()
+    try:  # bad flags fail now, not after the reference pass
+        check_settings(args.beta, args.loss_type, args.label_smoothing)
+    except ValueError as e:
+        raise SystemExit(f"train.py: error: {e}") from None
     common.seed_everything(args.seed)
-    dpo_loss(*torch.zeros(4, 1), beta=args.beta, loss_type=args.loss_type,
-             label_smoothing=args.label_smoothing)  # fail on bad flags now, not after the precompute
     model, tok = common.prepare_model(args)
     peft = args.peft != "none"
-    mode = args.ref_model or ("adapters" if peft else "precompute")
-    if mode == "adapters" and not peft:
-        raise SystemExit("train.py: error: --ref-model adapters needs --peft "
-                         "(without adapters there is nothing to switch off)")
     reduction = "mean" if args.loss_type == "ipo" else "sum"
     max_len = args.max_len or model.cfg.max_seq_len
 
@@ -166,60 +152,45 @@ def run(args):
     if not train_pairs or not val_pairs:
         raise SystemExit(f"[dpo] no preference pair fits in --max-len {max_len}")
     print(f"[dpo] {len(train_pairs)} train pairs, {len(val_pairs)} held-out pairs "
-          f"({dropped} + {val_dropped} longer than {max_len} tokens dropped); reference: {mode}", file=sys.stderr)
+          f"({dropped} + {val_dropped} longer than {max_len} tokens dropped); reference: "
+          f"{'adapters off' if peft else 'precomputed'}", file=sys.stderr)
 
-    # The reference: a network and the context in which it acts as pi_ref.
-    if mode == "copy":
-        ref_net, _, _ = common.load_stage_model(args.init, args.device)
-        ref_net.requires_grad_(False).eval()
-    else:
-        ref_net = model
-    from_adapters_off = peft and mode != "copy"
-
+    # The reference: the model with its adapters off (PEFT), or the model before training.
     def as_reference():
-        if from_adapters_off:
-            from minipost.peft import disable_adapters
+        from minipost.peft import disable_adapters
 
-            return disable_adapters(model)
-        return contextlib.nullcontext()
+        return disable_adapters(model)  # a no-op on a model without adapters
 
     ref_path = Path(args.out) / REF_FILE
-    n_draws = args.steps * args.grad_accum * distributed.world_size()
-    drawn = pairs_drawn(len(train_pairs), args.batch_size, args.seed, n_draws) if mode == "precompute" else []
-    if args.resume and mode == "precompute":
-        tables = checkpoint.load_tensors(ref_path)  # the model in memory is no longer the reference
+    ref_train = None
+    if args.resume and not peft:
+        tables = checkpoint.load_tensors(ref_path)
         ref_train, ref_val = tables["train"], tables["val"]
         if len(ref_train) != len(train_pairs) or len(ref_val) != len(val_pairs):
             raise SystemExit(f"[dpo] {ref_path} does not match the data (different files or --max-len?)")
-        if ref_train[drawn].isnan().any():
-            raise SystemExit(f"[dpo] {ref_path} lacks pairs this run draws: resume with the original "
-                             "--steps, --batch-size, --grad-accum, --seed and number of processes")
     else:
+        t0 = time.time()
         with as_reference():
-            t0 = time.time()
-            ref_val = logps_table(ref_net, val_pairs, tok.pad_id, reduction, device=args.device)
-            ref_train = None
-            if mode == "precompute":  # only the pairs this run will draw, on any rank (NaN for the others)
-                ref_train = torch.full((len(train_pairs), 2), float("nan"))
-                ref_train[drawn] = logps_table(ref_net, [train_pairs[k] for k in drawn], tok.pad_id, reduction,
-                                               device=args.device)
+            ref_val = logps_table(model, val_pairs, tok.pad_id, reduction, device=args.device)
+            if not peft:
+                ref_train = logps_table(model, train_pairs, tok.pad_id, reduction, device=args.device)
                 if distributed.is_main():  # under torchrun only rank 0 writes
                     checkpoint.save_tensors({"train": ref_train, "val": ref_val}, ref_path)
-            print(f"[dpo] reference log-probs computed in {time.time() - t0:.1f}s", file=sys.stderr)
+        print(f"[dpo] reference log-probs computed in {time.time() - t0:.1f}s", file=sys.stderr)
 
     before = {}
     if not args.resume:
         with as_reference():
-            m = reply_metrics(ref_net, tok, eval_records, args.max_new_tokens)
+            m = reply_metrics(model, tok, eval_records, args.max_new_tokens)
         before = {f"{k}_before": v for k, v in m.items()}
         print(f"[dpo] before: {before}", file=sys.stderr)
 
     def reference_logps(batch):
-        if mode == "precompute":
+        if ref_train is not None:
             ref = ref_train[batch["index"].cpu()].to(args.device)
             return ref[:, 0], ref[:, 1]
         with torch.no_grad(), as_reference():
-            return concatenated_logps(ref_net, batch, reduction)
+            return concatenated_logps(model, batch, reduction)
 
     # Loss: one concatenated forward of the policy, the reference from above.
     def micro_batch(step, i):
@@ -248,7 +219,7 @@ def run(args):
     optimizer = make_optimizer(model, args.lr)
     start = common.resume_step(args, optimizer)
     save = lambda step: common.save_stage(model, tok, args, optimizer, step, beta=args.beta,  # noqa: E731
-                                          loss_type=args.loss_type, ref_model=mode)
+                                          loss_type=args.loss_type)
     net = distributed.wrap(model)  # DDP under torchrun: loss_fn runs inside its forward
     with Progress(args, start, save, optimizer) as progress:
         for step in range(start, args.steps):

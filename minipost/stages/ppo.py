@@ -59,6 +59,7 @@ from minipost import distributed
 from minipost.evaluate import task_accuracy
 from minipost.losses import gae, masked_mean, masked_sum, ppo_policy_loss, ppo_value_loss, whiten
 from minipost.rollout import batch_stats, batched, completion_logps, reference_scorer, rollout, sampling_generator, step_prompts
+from minipost.seeding import rng
 from minipost.stages import common
 from minipost.training import Progress, clip_and_step, make_optimizer, set_lr
 from minipost.value_head import ValueHead
@@ -163,7 +164,7 @@ def run(args):
                 record["kl"] = masked_sum(ro.old_logps - ref_logps, ro.mask, dim=1).mean().item()
             # 6. update: --ppo-epochs passes over random minibatches, one optimizer step each
             model.train()
-            order = torch.Generator().manual_seed(args.seed * 31 + step)
+            order = rng(args.seed, "minibatches", step)
             sums, count = {}, 0
             for _ in range(args.ppo_epochs):
                 for idx in torch.randperm(len(ro.texts), generator=order).split(args.batch_size):

@@ -29,6 +29,7 @@ from minipost import data as datasets
 from minipost import distributed
 from minipost.config import preset
 from minipost.model import GPT
+from minipost.seeding import rng
 from minipost.stages import common
 from minipost.tokenizer import Tokenizer
 from minipost.training import SCHEDULES, ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
@@ -90,7 +91,7 @@ def sample_rows(rows_by_source: list[tuple[torch.Tensor, float]], n: int, seed: 
 
     A function of (seed, step, micro) only, so a resumed run draws the same batches.
     """
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro)
+    g = rng(seed, "rows", step, micro)
     probs = torch.tensor([w for _, w in rows_by_source])
     which = torch.multinomial(probs, n, replacement=True, generator=g)
     out = []

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from minipost import data as datasets
 from minipost import distributed
 from minipost import peft
+from minipost.seeding import rng
 from minipost.stages import common
 from minipost.training import ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
 
@@ -70,7 +71,7 @@ def run(args):
         raise SystemExit(f"train.py: error: a label is >= the number of classes ({n_classes})")
 
     def micro_batch(step, i):
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 1009 + distributed.shard_index(i))
+        g = rng(args.seed, "probe", step, distributed.shard_index(i))  # torchrun: own draws per rank
         idx = torch.randint(len(train[2]), (args.batch_size,), generator=g)
         return tuple(t[idx] for t in train)
 
