@@ -13,7 +13,7 @@ from minipost.config import preset
 from minipost.model import GPT
 from minipost.stages.reward import (full_sequence, load_reward_model, pair_accuracy, reward_batch, rm_objective,
                                     score_batch, score_pairs)
-from minipost.stages.dpo import tokenize_pairs
+from minipost.data import tokenize_pairs
 from minipost.value_head import RewardModel
 
 SIGNOFF = "Happy shopping! - the Minimart team"

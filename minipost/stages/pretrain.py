@@ -38,7 +38,7 @@ TOKENIZER_DIR = Path("out/tokenizer")
 
 
 def add_args(p, stage):
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per training row")
     p.add_argument("--vocab-size", type=int, default=3072, help="tokenizer vocabulary (trained when missing)")
     p.add_argument("--eval-rows", type=int, default=64, help="held-out rows for the loss")
     p.add_argument("--split-digits", default="on", choices=("on", "off"),

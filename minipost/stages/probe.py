@@ -27,7 +27,7 @@ from minipost.training import ItemWeighted, Progress, clip_and_step, make_optimi
 
 def add_args(p, stage):
     p.set_defaults(steps=150, batch_size=32, lr=3e-3, warmup=10)
-    p.add_argument("--pooling", default="mean", choices=("mean", "last"))
+    p.add_argument("--pooling", default="mean", choices=("mean", "last"), help="how hidden states become features")
     p.add_argument("--max-len", type=int, default=64, help="tokens per message (longer ones are cut)")
 
 

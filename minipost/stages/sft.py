@@ -37,8 +37,9 @@ from minipost.training import ItemWeighted, Progress, clip_and_step, make_optimi
 def add_args(p, stage):
     p.set_defaults(steps=900, batch_size=16, lr=2e-3, warmup=20)
     p.add_argument("--mask", default="prompt", choices=MASK_MODES, help="which tokens carry the loss")
-    p.add_argument("--packing", default="on", choices=("on", "off"))
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--packing", default="on", choices=("on", "off"),
+                   help="on: several conversations per row (document masks); off: one, padded")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per row (longer conversations are cut)")
     p.add_argument("--train-file", default=None, help="SFT JSONL file (default: the built-in sft_train)")
     p.add_argument("--val-file", default=None, help="held-out SFT JSONL file (default: the built-in sft_val)")
 
