@@ -8,6 +8,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from minipost.peft.settings import METHODS, AdapterSettings, LoRASettings, PromptSettings
+
 # stage name -> (module in minipost.stages, the stage whose output is its default --init)
 STAGES: dict[str, tuple[str, str | None]] = {
     "pretrain": ("pretrain", None),
@@ -34,7 +36,7 @@ STAGE_HELP = {
     "ppo": "PPO with a learned critic (value head) and GAE",
     "all": "the whole chain pretrain -> cpt -> sft -> rm -> dpo -> grpo, then the report",
 }
-PEFT_METHODS = ("none", "lora", "qlora", "prefix", "prompt", "adapter")
+PEFT_METHODS = tuple(m for m in METHODS if m != "probe")  # the probe is a stage of its own
 OUT_ROOT = Path("out")
 
 
@@ -78,16 +80,20 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     p.add_argument("--interrupt-at", type=int, default=None, help=argparse.SUPPRESS)
     g = p.add_argument_group("parameter-efficient fine-tuning")
     g.add_argument("--peft", default="none", choices=PEFT_METHODS, help="parameter-efficient method (none: full)")
-    g.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
-    g.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (scaling alpha / r)")
-    g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA branch's input")
-    g.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    # The defaults are the methods' own (minipost/peft/settings.py).
+    g.add_argument("--lora-r", type=int, default=LoRASettings.r, help="LoRA rank")
+    g.add_argument("--lora-alpha", type=float, default=float(LoRASettings.alpha),
+                   help="LoRA scale numerator (scaling alpha / r)")
+    g.add_argument("--lora-dropout", type=float, default=LoRASettings.dropout, help="dropout on the LoRA branch's input")
+    g.add_argument("--lora-targets", default=",".join(LoRASettings.targets),
                    help="comma-separated linear layers that get LoRA")
     g.add_argument("--rslora", action="store_true", help="rank-stabilised scaling alpha / sqrt(r)")
-    g.add_argument("--n-virtual", type=int, default=16, help="virtual tokens of prefix / prompt tuning")
+    g.add_argument("--n-virtual", type=int, default=PromptSettings.n_virtual,
+                   help="virtual tokens of prefix / prompt tuning")
     g.add_argument("--prefix-projection", action="store_true", help="prefix tuning through an MLP")
-    g.add_argument("--prompt-init", default="random", help="prompt tuning init: random, vocab, or a text")
-    g.add_argument("--bottleneck", type=int, default=32, help="width of the bottleneck adapters")
+    g.add_argument("--prompt-init", default=PromptSettings.init, help="prompt tuning init: random, vocab, or a text")
+    g.add_argument("--bottleneck", type=int, default=AdapterSettings.bottleneck,
+                   help="width of the bottleneck adapters")
     module = stage_module(stage)
     module.add_args(p, stage)
     return p

@@ -177,9 +177,9 @@ def test_trainable_parameters_counts_tied_weights_once():
         assert trainable_parameters(m) == (cfg.n_layer * per_layer, n + cfg.n_layer * per_layer)
 
 
-def test_peft_config_is_read_off_the_modules():
+def test_peft_config_is_the_record_made_when_the_method_was_applied():
     assert peft_config(tiny()) is None
-    # Applied directly (not through apply_peft), a method is still recognised and saved.
+    # Applied directly (not through apply_peft), a method is still recorded and saved.
     model = apply_lora(tiny(), r=2, alpha=3, targets=("v_proj", "q_proj"), quantize="nf4")
     assert peft_config(model) == {"method": "qlora", "r": 2, "alpha": 3, "targets": ["q_proj", "v_proj"],
                                   "dropout": 0.0, "rslora": False, "quantize": "nf4", "double_quant": False}
@@ -188,3 +188,29 @@ def test_peft_config_is_read_off_the_modules():
     assert peft_config(apply_peft(tiny(), "probe", n_classes=4)) == {"method": "probe", "n_classes": 4, "pooling": "mean"}
     with pytest.raises(ValueError, match="more than one"):
         peft_config(apply_prompt(apply_lora(tiny()), n_virtual=2))
+
+
+def test_the_record_keeps_settings_the_modules_do_not_show(tmp_path):
+    from minipost.peft import merge_and_unwrap
+
+    # prompt tuning's init and LoRA's dropout leave no trace in module shapes
+    assert peft_config(apply_peft(tiny(), "prompt", n_virtual=3, init="vocab")) == {
+        "method": "prompt", "n_virtual": 3, "init": "vocab"}
+    lora = apply_peft(tiny(), "lora", r=2, dropout=0.1)
+    assert peft_config(lora)["dropout"] == 0.1
+    assert peft_config(copy.deepcopy(lora)) == peft_config(lora)
+    assert peft_config(merge_and_unwrap(lora)) is None  # a plain GPT again
+    assert not any(isinstance(m, LoRALinear) for m in lora.modules())
+
+
+def test_an_adapter_json_without_later_settings_still_loads(tmp_path):
+    # adapter.json written before the prompt init was recorded: {"n_virtual"} only
+    model = apply_peft(tiny(), "prompt", n_virtual=3)
+    save_adapter(model, tmp_path)
+    meta = json.loads((tmp_path / "adapter.json").read_text())
+    assert set(meta) == {"method", "settings", "base_model"} and meta["settings"] == {"n_virtual": 3, "init": "random"}
+    meta["settings"] = {"n_virtual": 3}
+    (tmp_path / "adapter.json").write_text(json.dumps(meta))
+    for target in (tiny(), apply_peft(tiny(), "prompt", n_virtual=3)):  # fresh, and with the method applied
+        loaded = load_adapter(target, tmp_path)
+        assert torch.equal(loaded.prompt.weight, model.prompt.weight)

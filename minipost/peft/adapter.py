@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from minipost.peft.settings import AdapterSettings, record
+
 ADAPTER_TARGETS = ("o_proj", "down_proj")
 
 
@@ -54,11 +56,12 @@ class AdapterLinear(nn.Module):
         return o + self.up(self.act(self.down(o)))
 
 
-def apply_adapters(model: nn.Module, bottleneck: int = 32) -> nn.Module:
+def apply_adapters(model: nn.Module, bottleneck: int = AdapterSettings.bottleneck) -> nn.Module:
     """Freeze `model` (a GPT) and wrap every attn.o_proj and mlp.down_proj in an
     AdapterLinear of the given bottleneck width. Returns the model, changed in place."""
     model.requires_grad_(False)
     for layer in model.layers:
         layer.attn.o_proj = AdapterLinear(layer.attn.o_proj, bottleneck)
         layer.mlp.down_proj = AdapterLinear(layer.mlp.down_proj, bottleneck)
+    record(model, "adapter", AdapterSettings(bottleneck))
     return model.train(model.training)  # the new modules follow the model's train/eval mode

@@ -36,8 +36,9 @@ import torch.nn as nn
 
 from minipost import backend
 from minipost.peft.nf4 import NF4Linear
+from minipost.peft.settings import LORA_TARGETS, LoRASettings, clear, record
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+D = LoRASettings  # the defaults
 
 
 class LoRALinear(nn.Module):
@@ -90,8 +91,9 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, merged={self.merged}"
 
 
-def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, targets=LORA_TARGETS, dropout: float = 0.0,
-               rslora: bool = False, quantize: str | None = None, double_quant: bool = False) -> nn.Module:
+def apply_lora(model: nn.Module, r: int = D.r, alpha: float = D.alpha, targets=D.targets, dropout: float = D.dropout,
+               rslora: bool = D.rslora, quantize: str | None = D.quantize, double_quant: bool = D.double_quant
+               ) -> nn.Module:
     """Freeze every parameter of `model` and wrap each nn.Linear named in `targets` (by its
     attribute name: q_proj ... down_proj) in a LoRALinear. quantize="nf4" (QLoRA) stores
     those frozen weights in NF4, with double_quant also quantizing their scales.
@@ -111,6 +113,8 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, targets=LORA_TAR
                 found.add(name)
     if found != set(targets):
         raise ValueError(f"no nn.Linear named {sorted(set(targets) - found)} in the model")
+    record(model, "qlora" if quantize else "lora", LoRASettings(r, alpha, tuple(t for t in LORA_TARGETS if t in found),
+                                                                 dropout, rslora, quantize, double_quant))
     return model.train(model.training)  # the new modules follow the model's train/eval mode
 
 
@@ -139,4 +143,16 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
         if m.merged:
             m.base.weight -= m.delta_weight().to(m.base.weight.dtype)
             m.merged = False
+    return model
+
+
+def merge_and_unwrap(model: nn.Module) -> nn.Module:
+    """The end of the LoRA story: fold every update into its base weight (merge_lora) and put
+    the plain nn.Linear back, so the model is an ordinary GPT again (its record cleared)."""
+    merge_lora(model)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(module, name, child.base)
+    clear(model)
     return model

@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from minipost.peft.settings import PrefixSettings, record
+
 
 class PrefixKV(nn.Module):
     """One layer's learned prefix: key, value [n_kv_head, P, head_dim].
@@ -91,7 +93,8 @@ class EncodedPrefix(nn.Module):
         return kv[0].expand(batch_size, -1, -1, -1), kv[1].expand(batch_size, -1, -1, -1)
 
 
-def apply_prefix(model: nn.Module, n_virtual: int = 16, projection: bool = False, hidden: int | None = None) -> nn.Module:
+def apply_prefix(model: nn.Module, n_virtual: int = PrefixSettings.n_virtual, projection: bool = PrefixSettings.projection,
+                 hidden: int | None = PrefixSettings.hidden) -> nn.Module:
     """Freeze `model` (a GPT) and give every attention layer n_virtual learned key/value
     positions (Attention.prefix). projection=True produces them with the shared MLP of
     PrefixEncoder (hidden width `hidden`, default d_model). Returns the model, in place."""
@@ -108,4 +111,5 @@ def apply_prefix(model: nn.Module, n_virtual: int = 16, projection: bool = False
     else:
         for layer in model.layers:
             layer.attn.prefix = PrefixKV(cfg.n_kv_head, n_virtual, cfg.head_dim, device=w.device, dtype=w.dtype)
+    record(model, "prefix", PrefixSettings(n_virtual, projection, (hidden or cfg.d_model) if projection else None))
     return model.train(model.training)  # the new modules follow the model's train/eval mode

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from minipost.peft.settings import ProbeSettings, record
+
 POOLINGS = ("mean", "last")
 
 
@@ -62,6 +64,10 @@ class LinearProbe(nn.Module):
         return self.head(self.features(input_ids, attention_mask))
 
 
-def apply_probe(model: nn.Module, n_classes: int, pooling: str = "mean") -> LinearProbe:
+def apply_probe(model: nn.Module, n_classes: int, pooling: str = ProbeSettings.pooling) -> LinearProbe:
     """Freeze `model` (a GPT) and return a LinearProbe around it (the GPT is not changed)."""
-    return LinearProbe(model, n_classes, pooling)
+    if getattr(model, "peft_settings", None) is not None:
+        record(model, "probe", ProbeSettings(n_classes, pooling))  # refuses: one method per model
+    probe = LinearProbe(model, n_classes, pooling)
+    record(probe, "probe", ProbeSettings(n_classes, pooling))
+    return probe

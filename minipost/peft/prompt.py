@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from minipost.peft.settings import PromptSettings, record
+
 
 class PromptEmbedding(nn.Module):
     """The soft prompt, weight [P, d_model], used as the GPT.prompt hook.
@@ -76,11 +78,13 @@ def initial_prompt(embedding: torch.Tensor, n_virtual: int, init: str = "random"
     return embedding[ids].clone()
 
 
-def apply_prompt(model: nn.Module, n_virtual: int = 16, init: str = "random", tokenizer=None) -> nn.Module:
+def apply_prompt(model: nn.Module, n_virtual: int = PromptSettings.n_virtual, init: str = PromptSettings.init,
+                 tokenizer=None) -> nn.Module:
     """Freeze `model` (a GPT) and set GPT.prompt to a PromptEmbedding of n_virtual virtual
     tokens, initialised per `init` ("random", "vocab" or a text). Returns the model, in place."""
     if n_virtual < 1:
         raise ValueError(f"n_virtual must be >= 1, got {n_virtual}")
     model.requires_grad_(False)
     model.prompt = PromptEmbedding(initial_prompt(model.tok_emb.weight, n_virtual, init, tokenizer))
+    record(model, "prompt", PromptSettings(n_virtual, init))
     return model.train(model.training)  # the new module follows the model's train/eval mode

@@ -49,24 +49,12 @@ def load_stage_model(ckpt_dir: str | Path, device="cpu"):
             raise checkpoint.CheckpointError(
                 f"{ckpt_dir}: a {method} adapter cannot be folded into the weights; start the next "
                 f"stage from a full or LoRA checkpoint")
-        merge_and_unwrap(model)
+        peft.merge_and_unwrap(model)
     else:
         raise checkpoint.CheckpointError(f"{ckpt_dir}: neither model.safetensors nor adapter.safetensors")
     for p in model.parameters():
         p.requires_grad_(True)
     return model.to(device), load_tokenizer(ckpt_dir), info
-
-
-def merge_and_unwrap(model) -> None:
-    """Fold every LoRA update into its base weight and put the plain nn.Linear back."""
-    from minipost.peft import LoRALinear, merge_lora
-
-    merge_lora(model)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, LoRALinear):
-                setattr(module, name, child.base)
-    model.peft_config = None
 
 
 def prepare_model(args, fresh=None):
