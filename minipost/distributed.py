@@ -20,9 +20,9 @@ the copies never drift apart. The pieces of minipost that take part:
   stage's data order (shard_index), so 2 processes with batch B see exactly the examples
   one process with batch 2B sees.
 - The loss stays the mean over the items (tokens, pairs) of the GLOBAL batch, not a mean of
-  per-rank means: training.run_loop sums the item counts of all ranks before the backward
+  per-rank means: training.ItemWeighted sums the item counts of all ranks before the backward
   (all_sum) and multiplies each rank's loss by world_size to undo DDP's averaging.
-- Logged numbers are reduced over the ranks (sums of sums in run_loop, means of the RL
+- Logged numbers are reduced over the ranks (sums of sums in ItemWeighted, means of the RL
   stages' per-rank means); only rank 0 writes checkpoints, metrics.jsonl and eval.json and
   shows the progress bar (is_main).
 - Evaluation runs on every rank, on identical weights, so every rank gets the same numbers

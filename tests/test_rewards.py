@@ -145,3 +145,91 @@ def test_format_reward_property(pieces):
 
 
 # ----------------------------------------------------------------------------- is_shop_voice
+
+@pytest.mark.parametrize("reply,expected", [
+    (SHOP, True),
+    ("Hi there!\nYour order is shipped.\n\nHappy shopping!  -  the Minimart team", True),
+    ("  Hi there! Total: $5. Happy shopping! - the Minimart team  \n", True),
+    ("Hithere! Total: $5. Happy shopping!-the Minimart team", True),   # whitespace ignored
+    ("Your order is shipped. Happy shopping! - the Minimart team", False),
+    ("Hi there! Your order is shipped.", False),
+    ("hi there! Your order is shipped. Happy shopping! - the Minimart team", False),
+    ("Hi there! Your order is shipped. Happy shopping! - the Minimart team. PS: hi", False),
+    ("Hi there! Happy shopping! - the Minimart team", False),           # no body
+    ("Dear customer, your order is shipped. Kind regards, Minimart Customer Care", False),
+    ("hey! it's with ParcelCo cheers", False),
+    ("", False),
+])
+def test_is_shop_voice_cases(reply, expected):
+    assert is_shop_voice(reply) is expected
+
+
+_BODY = st.text(alphabet=string.ascii_letters + string.digits + " .,$", min_size=1, max_size=40).filter(
+    lambda s: s.strip())
+_WS = st.sampled_from([" ", "\n", "  ", "\t", " \n "])
+
+
+@settings(max_examples=200, deadline=None)
+@given(_BODY, _WS, _WS)
+def test_is_shop_voice_property(body, ws1, ws2):
+    assert is_shop_voice(f"{SHOP_OPENING}{ws1}{body}{ws2}{SHOP_SIGNOFF}")
+    assert not is_shop_voice(f"{body}{ws2}{SHOP_SIGNOFF}")  # body has no "!", so no opening
+    assert not is_shop_voice(f"{SHOP_OPENING}{ws1}{body}")
+
+
+# ----------------------------------------------------------------------------- states_fact
+
+@pytest.mark.parametrize("reply,fact,expected", [
+    (SHOP, "March 14", True),
+    ("It arrives march 14.", "March 14", True),      # case-insensitive
+    ("It arrives March\n  14.", "March 14", True),   # whitespace-insensitive
+    ("It arrives March 14.", "March 1", False),      # not a prefix of a longer number
+    ("It arrives March 21.", "March 1", False),
+    ("The Oak Tray was $6.", "$6", True),
+    ("The Oak Tray was $60.", "$6", False),
+    ("The Oak Tray was $16.", "$6", False),
+    ("The Oak Tray was $6 each.", "$6", True),
+    ("Your code is PC-55812.", "PC-55812", True),
+    ("Your code is PC-558123.", "PC-55812", False),
+    ("Your code is XPC-55812.", "PC-55812", False),
+    ("Your order contains 3 items.", "3 items", True),
+    ("Your order contains 13 items.", "3 items", False),
+    ("Your order contains 1 items.", "1 item", False),
+    ("Total: $23.", "Total: $23", True),
+    ("Total: $230.", "Total: $23", False),
+    ("It is shipped.", "shipped", True),
+    ("It is unshipped.", "shipped", False),
+    ("The carrier is Bluebird Express.", "Bluebird Express", True),
+    ("", "March 14", False),
+])
+def test_states_fact_cases(reply, fact, expected):
+    assert states_fact(reply, fact) is expected
+
+
+def test_states_fact_rejects_empty_fact():
+    with pytest.raises(ValueError):
+        states_fact("anything", "  ")
+
+
+_WORD = st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_WORD, min_size=1, max_size=3), st.text(alphabet="abc .,!", max_size=15),
+       st.text(alphabet="abc .,!", max_size=15), st.booleans())
+def test_states_fact_property(fact_words, left, right, upper):
+    fact = " ".join(fact_words)
+    shown = fact.upper() if upper else fact
+    # surrounded by non-alphanumerics it is always found, whatever the case
+    assert states_fact(f"{left} {shown} {right}", fact)
+    # glued to a longer token on either side it is not found
+    assert not states_fact(f"x{shown}", fact)
+    assert not states_fact(f"{shown}7", fact)
+
+
+# ----------------------------------------------------------------------------- markers
+
+def test_role_markers_match_tokenizer():
+    from minipost.tokenizer import SPECIAL_TOKENS
+    assert ROLE_MARKERS == ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+    assert tuple(ROLE_MARKERS) == tuple(SPECIAL_TOKENS)

@@ -176,6 +176,18 @@ def reference_copy(args, coef: float):
     return load_stage_model(args.init, args.device)[0]
 
 
+def step_rollout(model, tok, train: list[dict], step: int, args):
+    """The Rollout of RL step `step`: --prompts-per-step prompts drawn for the step, --group-size
+    completions each. torchrun: each rank takes its share of the prompts and samples them with
+    its own generator (rollout.sampling_generator of its shard index)."""
+    from minipost.rollout import rollout, sampling_generator, step_prompts
+
+    prompts = step_prompts(train, args.prompts_per_step * distributed.world_size(), args.seed, step)
+    return rollout(model, tok, distributed.shard(prompts), args.group_size, args.max_new_tokens,
+                   temperature=args.temperature,
+                   generator=sampling_generator(args.seed, distributed.shard_index(step), args.device))
+
+
 def accuracy_before(model, tok, val, args) -> float:
     """The starting model's held-out task accuracy (kept in config.json, so --resume reuses it)."""
     from minipost.evaluate import task_accuracy

@@ -58,7 +58,7 @@ import torch
 from minipost import distributed
 from minipost.evaluate import task_accuracy
 from minipost.losses import gae, masked_mean, masked_sum, ppo_policy_loss, ppo_value_loss, whiten
-from minipost.rollout import batch_stats, batched, completion_logps, reference_scorer, rollout, sampling_generator, step_prompts
+from minipost.rollout import batch_stats, batched, completion_logps, reference_scorer
 from minipost.seeding import rng
 from minipost.stages import common
 from minipost.training import Progress, clip_and_step, make_optimizer, set_lr
@@ -145,11 +145,8 @@ def run(args):
         for step in range(start, args.steps):
             t0 = time.time()
             lr = set_lr(optimizer, step, args)
-            # 1.-2. rollout and scores. torchrun: each rank its share of the prompts, its own sampling seed
-            prompts = step_prompts(train, args.prompts_per_step * distributed.world_size(), args.seed, step)
-            ro = rollout(model, tok, distributed.shard(prompts), args.group_size, args.max_new_tokens,
-                         temperature=args.temperature,
-                         generator=sampling_generator(args.seed, distributed.shard_index(step), args.device))
+            # 1.-2. rollout and scores
+            ro = common.step_rollout(model, tok, train, step, args)
             t1 = time.time()
             # 3.-5. per-token rewards, the critic's values, GAE
             with torch.no_grad():

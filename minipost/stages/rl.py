@@ -50,8 +50,7 @@ from minipost import distributed
 from minipost.evaluate import task_accuracy
 from minipost.losses import grpo_loss, group_advantages, kl_penalized_rewards, masked_sum, rloo_advantages, rloo_loss
 from minipost.losses.grpo import LOSS_TYPES, SCALES
-from minipost.rollout import (Rollout, batch_stats, completion_logps, reference_scorer, rollout, sampling_generator,
-                              step_prompts)
+from minipost.rollout import Rollout, batch_stats, completion_logps, reference_scorer
 from minipost.stages import common
 from minipost.training import ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
 
@@ -113,11 +112,8 @@ def run(args):
         for step in range(start, args.steps):
             t0 = time.time()
             lr = set_lr(optimizer, step, args)
-            # 1. rollout. torchrun: each rank takes its share of the prompts, sampled with its own seed
-            prompts = step_prompts(train, args.prompts_per_step * distributed.world_size(), args.seed, step)
-            ro = rollout(model, tok, distributed.shard(prompts), args.group_size, args.max_new_tokens,
-                         temperature=args.temperature,
-                         generator=sampling_generator(args.seed, distributed.shard_index(step), args.device))
+            # 1. rollout: G completions of each of the step's prompts, scored
+            ro = common.step_rollout(model, tok, train, step, args)
             t1 = time.time()
             ref_logps = ref_scorer(ro) if ref_scorer is not None else None
             record = {"lr": lr, **batch_stats(ro)}
