@@ -44,16 +44,13 @@ class ValueHead(nn.Module):
         """hidden [B, T, d_model] -> a scalar per position [B, T] (float32)."""
         return self.proj(hidden.to(self.proj.weight.dtype)).squeeze(-1).float()
 
-    def score_last(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None,
-                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def score_last(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """The head at each row's last real token -> [B] (float32).
 
-        hidden:         [B, T, d_model]
-        lengths:        [B] number of real tokens of each right-padded row (>= 1), or
-        attention_mask: [B, T] 1 (or True) on real tokens, 0 on pads; padding on either side
-        Exactly one of lengths and attention_mask; None for both means no padding.
+        hidden:  [B, T, d_model]
+        lengths: [B] number of real tokens of each right-padded row (>= 1); None: no padding
         """
-        index = last_index(hidden.shape[:2], lengths, attention_mask, hidden.device)
+        index = last_index(hidden.shape[:2], lengths, hidden.device)
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # [B, d_model]
         return self.proj(picked.to(self.proj.weight.dtype)).squeeze(-1).float()
 
@@ -71,24 +68,13 @@ class ValueHead(nn.Module):
         return head
 
 
-def last_index(shape: tuple[int, int], lengths: torch.Tensor | None = None,
-               attention_mask: torch.Tensor | None = None, device=None) -> torch.Tensor:
+def last_index(shape: tuple[int, int], lengths: torch.Tensor | None = None, device=None) -> torch.Tensor:
     """Index of each row's last real position -> [B] int64.
 
-    shape: (B, T). lengths [B]: index = length - 1. attention_mask [B, T]: the largest t
-    with mask[b, t] != 0. Neither: T - 1 for every row. A row with no real token is an error.
+    shape: (B, T). lengths [B] (right-padded rows): index = length - 1; None: T - 1 for
+    every row. A length outside [1, T] is an error.
     """
     B, T = shape
-    if lengths is not None and attention_mask is not None:
-        raise ValueError("pass lengths or attention_mask, not both")
-    if attention_mask is not None:
-        if tuple(attention_mask.shape) != (B, T):
-            raise ValueError(f"attention_mask must be [B, T] = {(B, T)}, got {tuple(attention_mask.shape)}")
-        real = attention_mask.bool()
-        if not real.any(1).all():
-            raise ValueError("every row of attention_mask needs at least one real token")
-        positions = torch.arange(T, device=real.device).expand(B, T)
-        return torch.where(real, positions, -1).amax(1).to(device)
     if lengths is not None:
         lengths = torch.as_tensor(lengths, device=device).long()
         if lengths.shape != (B,):

@@ -27,18 +27,11 @@ def test_score_last_with_lengths_matches_index_loop():
     assert got.dtype == torch.float32 and got.shape == (4,)
 
 
-def test_score_last_with_mask_either_side_matches_index_loop():
+def test_score_last_without_lengths_reads_the_last_column():
     torch.manual_seed(1)
     head = ValueHead(8)
     hidden = torch.randn(3, 5, 8)
-    mask = torch.tensor([[1, 1, 1, 0, 0],    # right padded
-                         [0, 0, 1, 1, 1],    # left padded
-                         [1, 1, 1, 1, 1]])   # no padding
-    got = head.score_last(hidden, attention_mask=mask)
-    for b in range(3):
-        last = max(t for t in range(5) if mask[b, t] == 1)
-        assert got[b].item() == pytest.approx(head_by_hand(head, hidden[b, last]), abs=1e-6)
-    # no lengths, no mask: the last column
+    # no lengths: no padding, the last column
     got = head.score_last(hidden)
     for b in range(3):
         assert got[b].item() == pytest.approx(head_by_hand(head, hidden[b, -1]), abs=1e-6)
@@ -66,17 +59,14 @@ def test_score_last_ignores_whatever_sits_in_the_padding(lengths, seed):
     for b, n in enumerate(lengths.tolist()):
         noisy[b, n:] = torch.randn(7 - n, 4, generator=g) * 100
     assert torch.equal(head.score_last(hidden, lengths=lengths), head.score_last(noisy, lengths=lengths))
-    mask = (torch.arange(7)[None] < lengths[:, None]).long()
-    assert torch.equal(last_index((len(lengths), 7), attention_mask=mask), lengths - 1)
+    assert torch.equal(last_index((len(lengths), 7), lengths), lengths - 1)
 
 
 def test_last_index_rejects_bad_input():
-    with pytest.raises(ValueError, match="at least one real token"):
-        last_index((2, 3), attention_mask=torch.tensor([[1, 0, 0], [0, 0, 0]]))
     with pytest.raises(ValueError, match="lengths must lie"):
         last_index((1, 3), lengths=torch.tensor([4]))
-    with pytest.raises(ValueError, match="not both"):
-        last_index((1, 3), lengths=torch.tensor([1]), attention_mask=torch.ones(1, 3))
+    with pytest.raises(ValueError, match="lengths must lie"):
+        last_index((2, 3), lengths=torch.tensor([1, 0]))
 
 
 def test_init_scale_and_save_load_roundtrip(tmp_path):
