@@ -84,7 +84,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     g.add_argument("--lora-r", type=int, default=LoRASettings.r, help="LoRA rank")
     g.add_argument("--lora-alpha", type=float, default=float(LoRASettings.alpha),
                    help="LoRA scale numerator (scaling alpha / r)")
-    g.add_argument("--lora-dropout", type=float, default=LoRASettings.dropout, help="dropout on the LoRA branch's input")
+    g.add_argument("--lora-dropout", type=float, default=LoRASettings.dropout,
+                   help="dropout on the LoRA branch's input")
     g.add_argument("--lora-targets", default=",".join(LoRASettings.targets),
                    help="comma-separated linear layers that get LoRA")
     g.add_argument("--rslora", action="store_true", help="rank-stabilised scaling alpha / sqrt(r)")

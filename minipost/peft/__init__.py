@@ -34,7 +34,8 @@ from minipost.peft.settings import METHODS, SETTINGS, recorded
 
 __all__ = [
     "METHODS", "apply_peft", "apply_lora", "apply_prefix", "apply_prompt", "apply_adapters", "apply_probe",
-    "merge_lora", "unmerge_lora", "merge_and_unwrap", "disable_adapters", "save_adapter", "load_adapter", "adapter_tensors",
+    "merge_lora", "unmerge_lora", "merge_and_unwrap", "disable_adapters", "save_adapter", "load_adapter",
+    "adapter_tensors",
     "peft_config",
     "trainable_parameters", "LoRALinear", "AdapterLinear", "LinearProbe", "NF4Linear", "quantize_nf4",
     "dequantize_nf4", "LORA_TARGETS",

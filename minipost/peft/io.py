@@ -88,7 +88,7 @@ def load_adapter(model: nn.Module, path_dir: str | Path) -> nn.Module:
             raise CheckpointError(f"{meta_path}: cannot apply {saved}: {e}") from e
     else:
         # An older adapter.json may lack settings that were at their defaults then.
-        defaults = {"method": saved["method"], **asdict(SETTINGS[saved["method"]]())} if saved["method"] in SETTINGS else {}
+        defaults = {"method": saved["method"], **asdict(SETTINGS[saved["method"]]())}
         keep = lambda d: {k: list(v) if isinstance(v, tuple) else v  # noqa: E731
                           for k, v in d.items() if k not in _TRAINING_ONLY}
         _check_same(keep({**defaults, **saved}), keep(current), "the PEFT method", meta_path)

@@ -93,8 +93,8 @@ class EncodedPrefix(nn.Module):
         return kv[0].expand(batch_size, -1, -1, -1), kv[1].expand(batch_size, -1, -1, -1)
 
 
-def apply_prefix(model: nn.Module, n_virtual: int = PrefixSettings.n_virtual, projection: bool = PrefixSettings.projection,
-                 hidden: int | None = PrefixSettings.hidden) -> nn.Module:
+def apply_prefix(model: nn.Module, n_virtual: int = PrefixSettings.n_virtual,
+                 projection: bool = PrefixSettings.projection, hidden: int | None = PrefixSettings.hidden) -> nn.Module:
     """Freeze `model` (a GPT) and give every attention layer n_virtual learned key/value
     positions (Attention.prefix). projection=True produces them with the shared MLP of
     PrefixEncoder (hidden width `hidden`, default d_model). Returns the model, in place."""

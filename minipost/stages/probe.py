@@ -105,4 +105,5 @@ def run(args):
                          evaluate=lambda: {"probe_accuracy": accuracy(probe, *val, device=args.device)})
     save(args.steps)
     majority = torch.bincount(val[2], minlength=n_classes).max().item() / len(val[2])
-    return common.finish(args, {"probe_accuracy": accuracy(probe, *val, device=args.device), "majority_baseline": majority}, started)
+    return common.finish(args, {"probe_accuracy": accuracy(probe, *val, device=args.device),
+                                "majority_baseline": majority}, started)
