@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """minipost: one command line for every stage.  python train.py --stage dpo
 
-Stages: pretrain, cpt, sft, probe, rm, dpo, grpo, rloo, ppo, all.
-`python train.py --stage NAME --help` lists the stage's flags.
+Stages: pretrain, cpt, sft, probe, rm, dpo, grpo, rloo, ppo, all (`python train.py --help`
+says what each does). `python train.py --stage NAME --help` lists the stage's flags with
+their defaults.
 """
 import sys
 
