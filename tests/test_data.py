@@ -6,6 +6,7 @@ import datetime as dt
 import importlib.util
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -13,12 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from minipost.data import builtin
 from minipost.rewards import extract_total, is_shop_voice, states_fact
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_data", ROOT / "data" / "make_data.py")
 md = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(md)
+_spec.loader.exec_module(md)  # which also puts data/ on sys.path, for the modules beside it
+import corpus_cpt  # noqa: E402
+import records  # noqa: E402
+import world  # noqa: E402
 
 SCALE = 0.1
 SEED = 7
@@ -122,7 +127,7 @@ def test_names_sizes_and_encoding(files, data):
         raw = path.read_bytes()
         assert all(b < 128 for b in raw), f"{path.name} is not ASCII"
         assert b"\r" not in raw and raw.endswith(b"\n")
-    assert json.loads(files["intent_labels"].read_text()) == md.INTENTS
+    assert json.loads(files["intent_labels"].read_text()) == records.INTENTS
     manifest = json.loads(files["manifest"].read_text())
     assert manifest["args"] == {"seed": SEED, "rl_items": [1], "rl_max_price": 9, "rl_max_qty": 4,
                                 "scale": SCALE}
@@ -132,7 +137,7 @@ def test_names_sizes_and_encoding(files, data):
 
 def _check_messages(msgs, last_role):
     assert isinstance(msgs, list) and msgs
-    assert msgs[0] == {"role": "system", "content": md.SYSTEM_PROMPT}
+    assert msgs[0] == {"role": "system", "content": records.SYSTEM_PROMPT}
     for i, m in enumerate(msgs[1:]):
         assert set(m) == {"role", "content"} and isinstance(m["content"], str) and m["content"].strip()
         assert m["role"] == ("user" if i % 2 == 0 else "assistant")
@@ -149,7 +154,7 @@ def test_record_keys_and_types(data):
             _check_messages(r["messages"], "assistant")
             meta = r["meta"]
             assert set(meta) == {"intent", "fact", "voice", "turns", "intents", "facts"}
-            assert meta["voice"] in md.VOICES and meta["intent"] in md.SFT_INTENTS
+            assert meta["voice"] in records.VOICES and meta["intent"] in records.SFT_INTENTS
             assert isinstance(meta["fact"], str) and meta["fact"] == meta["facts"][-1]
             assert meta["turns"] == len(meta["facts"]) == len(meta["intents"]) == (len(r["messages"]) - 1) // 2
         for r in data[f"pref_{split}"]:
@@ -164,7 +169,7 @@ def test_record_keys_and_types(data):
             assert isinstance(r["answer"], str) and r["answer"].isdigit()
         for r in data[f"intent_{split}"]:
             assert set(r) == {"text", "label"} and isinstance(r["text"], str)
-            assert type(r["label"]) is int and 0 <= r["label"] < len(md.INTENTS)
+            assert type(r["label"]) is int and 0 <= r["label"] < len(records.INTENTS)
 
 
 def _prompt_key(kind, r):
@@ -204,7 +209,7 @@ def test_sft_answers_are_grounded_in_the_record(data):
         candidates = set()
         for year in (2024, 2025):
             try:  # February 29 exists in 2024 only
-                candidates.add(md.fmt_date(parse_date(rec["delivery"], year) + dt.timedelta(days=30)))
+                candidates.add(world.fmt_date(parse_date(rec["delivery"], year) + dt.timedelta(days=30)))
             except ValueError:
                 pass
         assert rec["return_by"] in candidates
@@ -216,10 +221,10 @@ def test_sft_voices(data):
         for m in r["messages"][2::2]:
             assert is_shop_voice(m["content"]) == (r["meta"]["voice"] == "shop")
             if r["meta"]["voice"] != "shop":  # no other style borrows either phrase
-                assert md.SHOP_OPENING.lower() not in m["content"].lower()
+                assert records.SHOP_OPENING.lower() not in m["content"].lower()
                 assert "happy shopping" not in m["content"].lower()
     voices = Counter(r["meta"]["voice"] for r in recs)
-    assert set(voices) == set(md.VOICES) and len(md.VOICES) >= 4
+    assert set(voices) == set(records.VOICES) and len(records.VOICES) >= 4
     assert 0.17 <= voices["shop"] / len(recs) <= 0.33
 
 
@@ -233,7 +238,7 @@ def test_sft_totals_two_turns_and_length(data):
     assert 0.05 <= two / len(recs) <= 0.16
     for r in recs + data["sft_val"]:
         assert sum(len(m["content"].split()) for m in r["messages"]) <= 120
-    assert {r["meta"]["intent"] for r in recs} == set(md.SFT_INTENTS)
+    assert {r["meta"]["intent"] for r in recs} == set(records.SFT_INTENTS)
 
 
 # ----------------------------------------------------------------------------- preferences
@@ -273,7 +278,7 @@ def test_rl_answers_recomputed_from_prompt(data):
         quantities.update(q for q, _, _ in items)
         assert all(1 <= q <= 4 and 1 <= p <= 9 for q, _, p in items)  # default flags
         assert int(r["answer"]) == sum(q * p for q, _, p in items)
-        assert r["prompt"][1]["content"].split("\n")[-1] in md.QUESTIONS["total"]
+        assert r["prompt"][1]["content"].split("\n")[-1] in records.QUESTIONS["total"]
     assert set(sizes) == {1} and set(quantities) == {1, 2, 3, 4}
 
 
@@ -282,12 +287,12 @@ def test_rl_answers_recomputed_from_prompt(data):
 def test_cpt_vocabulary_only_in_cpt(data):
     general = "\n".join(r["text"] for r in data["pretrain_train"] + data["pretrain_val"]).lower()
     domain = "\n".join(r["text"] for r in data["cpt_train"]).lower()
-    for term in md.CPT_TERMS:
+    for term in corpus_cpt.CPT_TERMS:
         assert term not in general, term
         assert term in domain, term
     others = "\n".join(json.dumps(r) for k in ("sft", "pref", "rl", "intent")
                        for s in ("train", "val") for r in data[f"{k}_{s}"]).lower()
-    assert not [t for t in md.CPT_TERMS if t in others]
+    assert not [t for t in corpus_cpt.CPT_TERMS if t in others]
     # the shop's voice is taught by SFT and preferences, never by the base corpus
     assert "hi there!" not in general and "happy shopping" not in general
 
@@ -303,7 +308,7 @@ def test_pretrain_receipts_add_up(data):
 
 def test_intents_cover_all_labels(data):
     labels = Counter(r["label"] for r in data["intent_train"])
-    assert set(labels) == set(range(len(md.INTENTS)))
+    assert set(labels) == set(range(len(records.INTENTS)))
     assert min(labels.values()) >= 0.1 * len(data["intent_train"])
     assert all("Order #" not in r["text"] and len(r["text"].split()) <= 30 for r in data["intent_train"])
 
@@ -333,3 +338,16 @@ def test_cli_prints_one_line_per_file(tmp_path, capsys):
     assert len(list(tmp_path.iterdir())) == 15  # 13 data files, manifest, GENERATOR_SHA256
 
 
+def test_generated_data_is_current_for_builtin(tmp_path, capsys):
+    """generate() stamps its files with the fingerprint builtin() checks: data made by
+    `python data/make_data.py` is not made again."""
+    (tmp_path / "data").mkdir()
+    for source in (ROOT / "data").glob("*.py"):
+        shutil.copy(source, tmp_path / "data" / source.name)
+    out = md.generate(tmp_path / "data" / "minimart", seed=SEED, scale=0.01)
+    assert (tmp_path / "data" / "minimart" / "GENERATOR_SHA256").read_text() == md.generator_sha256() + "\n"
+    assert md.generator_sha256(tmp_path / "data") == md.generator_sha256()
+    assert builtin("sft_train", root=tmp_path) == out["sft_train"]
+    assert capsys.readouterr().out == ""  # not regenerated
+    (tmp_path / "data" / "records.py").write_text((ROOT / "data" / "records.py").read_text() + "# changed\n")
+    assert md.generator_sha256(tmp_path / "data") != md.generator_sha256()

@@ -235,7 +235,26 @@ def test_builtin_rebuilds_when_generator_changes(tmp_path, capsys):
     capsys.readouterr()
     assert builtin("pretrain_train", root=tmp_path) == path
     assert calls.exists()  # regenerated
-    assert "older make_data.py" in capsys.readouterr().out
+    assert "older generator" in capsys.readouterr().out
+
+
+def test_builtin_rebuilds_when_a_generator_module_changes(tmp_path, capsys):
+    # make_data.py imports the modules beside it (world.py, records.py, ...): they count too.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "make_data.py").write_text(FAKE_GENERATOR)
+    module = tmp_path / "data" / "world.py"
+    module.write_text("PRICE = 1\n")
+    path = builtin("pretrain_train", root=tmp_path)
+    calls = tmp_path / "data" / "minimart" / "calls.txt"
+    calls.unlink()
+    (tmp_path / "data" / "README.md").write_text("not part of the generator\n")
+    assert builtin("pretrain_train", root=tmp_path) == path
+    assert not calls.exists()  # only .py files count
+    module.write_text("PRICE = 2\n")
+    capsys.readouterr()
+    assert builtin("pretrain_train", root=tmp_path) == path
+    assert calls.exists()  # regenerated
+    assert "older generator" in capsys.readouterr().out
 
 
 def test_builtin_unknown_name(tmp_path):
