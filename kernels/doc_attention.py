@@ -91,6 +91,42 @@ def count_tiles():
 # ----------------------------------------------------------------------------- kernels
 
 @triton.jit
+def _visible(q_pos, k_pos, doc_q, doc_k, q_ok, k_ok):
+    """The masking rule on index tensors broadcasting to a tile ([BM, 1] and [1, BN], or the
+    transpose in the dK/dV pass); q_ok, k_ok drop rows past T."""
+    return (k_pos <= q_pos) & (doc_q == doc_k) & q_ok & k_ok
+
+
+@triton.jit
+def _load_tile(ptr, rows, cols, sr, sc, row_ok, col_ok):
+    """The [len(rows), len(cols)] tile at ptr + rows * sr + cols * sc, 0 where masked."""
+    return tl.load(ptr + rows[:, None] * sr + cols[None, :] * sc, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _own_tile(x_ptr, doc_ptr, range_ptr, T, NH, G, D, sxb, sxh, sxt, sxd, sdb, sdt, srb, srt,
+              BLOCK: tl.constexpr, DP: tl.constexpr):
+    """How every program starts: the tile t of BLOCK rows of head h, batch row b, it owns
+    (bh = b * NH + h; hk = h // G, its kv head), rows r, columns rd and their masks, the tile
+    x [BLOCK, DP] with its doc ids, and the tiles [lo, hi) of the other side the schedule visits.
+    Forward and dQ: a query tile (x = q, NH = H); dK/dV: a key tile (x = k, NH = H_kv, G = 1)."""
+    t = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // NH
+    h = bh % NH
+    hk = h // G  # grouped-query attention: G query heads share one kv head
+    r = t * BLOCK + tl.arange(0, BLOCK)
+    rd = tl.arange(0, DP)
+    r_ok = r < T
+    d_ok = rd < D
+    x = _load_tile(x_ptr + b * sxb + h * sxh, r, rd, sxt, sxd, r_ok, d_ok)
+    doc = tl.load(doc_ptr + b * sdb + r * sdt, mask=r_ok, other=0)
+    lo = tl.load(range_ptr + b * srb + t * srt)
+    hi = tl.load(range_ptr + b * srb + t * srt + 1)
+    return t, bh, b, h, hk, r, rd, r_ok, d_ok, x, doc, lo, hi
+
+
+@triton.jit
 def _fwd_kernel(
     q_ptr, k_ptr, v_ptr, doc_ptr, o_ptr, lse_ptr, kv_range_ptr, count_ptr,
     T, H, G, D, scale,
@@ -99,35 +135,20 @@ def _fwd_kernel(
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, ACC: tl.constexpr,
     COUNT: tl.constexpr,
 ):
-    qt = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // G  # grouped-query attention: G query heads share one kv head
-    rm = qt * BM + tl.arange(0, BM)
-    rd = tl.arange(0, DP)
-    m_ok = rm < T
-    d_ok = rd < D
-    q = tl.load(q_ptr + b * sqb + h * sqh + rm[:, None] * sqt + rd[None, :] * sqd,
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    doc_q = tl.load(doc_ptr + b * sdb + rm * sdt, mask=m_ok, other=0)
+    qt, bh, b, h, hk, rm, rd, m_ok, d_ok, q, doc_q, lo, hi = _own_tile(
+        q_ptr, doc_ptr, kv_range_ptr, T, H, G, D, sqb, sqh, sqt, sqd, sdb, sdt, srb, srt, BM, DP)
     m_i = tl.full((BM,), float("-inf"), dtype=ACC)
     l_i = tl.zeros((BM,), dtype=ACC)
     acc = tl.zeros((BM, DP), dtype=ACC)
-    lo = tl.load(kv_range_ptr + b * srb + qt * srt)
-    hi = tl.load(kv_range_ptr + b * srb + qt * srt + 1)
     n_iter = 0
     for kt in range(lo, hi):
         rn = kt * BN + tl.arange(0, BN)
         n_ok = rn < T
-        kT = tl.load(k_ptr + b * skb + hk * skh + rn[None, :] * skt + rd[:, None] * skd,
-                     mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        v = tl.load(v_ptr + b * svb + hk * svh + rn[:, None] * svt + rd[None, :] * svd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        kT = _load_tile(k_ptr + b * skb + hk * skh, rd, rn, skd, skt, d_ok, n_ok)
+        v = _load_tile(v_ptr + b * svb + hk * svh, rn, rd, svt, svd, n_ok, d_ok)
         doc_k = tl.load(doc_ptr + b * sdb + rn * sdt, mask=n_ok, other=0)
         s = tl.dot(q, kT, input_precision="ieee", out_dtype=ACC) * scale
-        visible = ((rn[None, :] <= rm[:, None]) & (doc_q[:, None] == doc_k[None, :])
-                   & m_ok[:, None] & n_ok[None, :])
+        visible = _visible(rm[:, None], rn[None, :], doc_q[:, None], doc_k[None, :], m_ok[:, None], n_ok[None, :])
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing visible yet: no NaN
@@ -157,9 +178,8 @@ def _delta_kernel(o_ptr, do_ptr, delta_ptr, T, H, D,
     h = bh % H
     rm = qt * BM + tl.arange(0, BM)
     rd = tl.arange(0, DP)
-    mask = (rm[:, None] < T) & (rd[None, :] < D)
-    o = tl.load(o_ptr + b * sob + h * soh + rm[:, None] * sot + rd[None, :] * sod, mask=mask, other=0.0)
-    do = tl.load(do_ptr + b * sgb + h * sgh + rm[:, None] * sgt + rd[None, :] * sgd, mask=mask, other=0.0)
+    o = _load_tile(o_ptr + b * sob + h * soh, rm, rd, sot, sod, rm < T, rd < D)
+    do = _load_tile(do_ptr + b * sgb + h * sgh, rm, rd, sgt, sgd, rm < T, rd < D)
     tl.store(delta_ptr + bh * T + rm, tl.sum(o.to(ACC) * do.to(ACC), 1), mask=rm < T)
 
 
@@ -172,39 +192,24 @@ def _dkdv_kernel(
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, ACC: tl.constexpr,
     COUNT: tl.constexpr,
 ):
-    kt = tl.program_id(0)
-    bhk = tl.program_id(1)
-    b = bhk // HK
-    hk = bhk % HK
-    rn = kt * BN + tl.arange(0, BN)
-    rd = tl.arange(0, DP)
-    n_ok = rn < T
-    d_ok = rd < D
-    k = tl.load(k_ptr + b * skb + hk * skh + rn[:, None] * skt + rd[None, :] * skd,
-                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    v = tl.load(v_ptr + b * svb + hk * svh + rn[:, None] * svt + rd[None, :] * svd,
-                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    doc_k = tl.load(doc_ptr + b * sdb + rn * sdt, mask=n_ok, other=0)
+    kt, bhk, b, hk, _, rn, rd, n_ok, d_ok, k, doc_k, lo, hi = _own_tile(
+        k_ptr, doc_ptr, q_range_ptr, T, HK, 1, D, skb, skh, skt, skd, sdb, sdt, srb, srt, BN, DP)
+    v = _load_tile(v_ptr + b * svb + hk * svh, rn, rd, svt, svd, n_ok, d_ok)
     dk = tl.zeros((BN, DP), dtype=ACC)
     dv = tl.zeros((BN, DP), dtype=ACC)
-    lo = tl.load(q_range_ptr + b * srb + kt * srt)
-    hi = tl.load(q_range_ptr + b * srb + kt * srt + 1)
     n_iter = 0
     for g in range(0, G):
         h = hk * G + g
         for qt in range(lo, hi):
             rm = qt * BM + tl.arange(0, BM)
             m_ok = rm < T
-            qT = tl.load(q_ptr + b * sqb + h * sqh + rm[None, :] * sqt + rd[:, None] * sqd,
-                         mask=m_ok[None, :] & d_ok[:, None], other=0.0)
-            do = tl.load(do_ptr + b * sgb + h * sgh + rm[:, None] * sgt + rd[None, :] * sgd,
-                         mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            qT = _load_tile(q_ptr + b * sqb + h * sqh, rd, rm, sqd, sqt, d_ok, m_ok)
+            do = _load_tile(do_ptr + b * sgb + h * sgh, rm, rd, sgt, sgd, m_ok, d_ok)
             doc_q = tl.load(doc_ptr + b * sdb + rm * sdt, mask=m_ok, other=0)
             lse = tl.load(lse_ptr + (b * H + h) * T + rm, mask=m_ok, other=0.0)
             delta = tl.load(delta_ptr + (b * H + h) * T + rm, mask=m_ok, other=0.0)
             sT = tl.dot(k, qT, input_precision="ieee", out_dtype=ACC) * scale  # [BN, BM]
-            visT = ((rn[:, None] <= rm[None, :]) & (doc_k[:, None] == doc_q[None, :])
-                    & n_ok[:, None] & m_ok[None, :])
+            visT = _visible(rm[None, :], rn[:, None], doc_q[None, :], doc_k[:, None], m_ok[None, :], n_ok[:, None])
             pT = tl.exp(tl.where(visT, sT, float("-inf")) - lse[None, :])
             dv += tl.dot(pT.to(do.dtype), do, input_precision="ieee", out_dtype=ACC)
             dpT = tl.dot(v, tl.trans(do), input_precision="ieee", out_dtype=ACC)
@@ -227,37 +232,21 @@ def _dq_kernel(
     BM: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr, ACC: tl.constexpr,
     COUNT: tl.constexpr,
 ):
-    qt = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // G
-    rm = qt * BM + tl.arange(0, BM)
-    rd = tl.arange(0, DP)
-    m_ok = rm < T
-    d_ok = rd < D
-    q = tl.load(q_ptr + b * sqb + h * sqh + rm[:, None] * sqt + rd[None, :] * sqd,
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    do = tl.load(do_ptr + b * sgb + h * sgh + rm[:, None] * sgt + rd[None, :] * sgd,
-                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    doc_q = tl.load(doc_ptr + b * sdb + rm * sdt, mask=m_ok, other=0)
+    qt, bh, b, h, hk, rm, rd, m_ok, d_ok, q, doc_q, lo, hi = _own_tile(
+        q_ptr, doc_ptr, kv_range_ptr, T, H, G, D, sqb, sqh, sqt, sqd, sdb, sdt, srb, srt, BM, DP)
+    do = _load_tile(do_ptr + b * sgb + h * sgh, rm, rd, sgt, sgd, m_ok, d_ok)
     lse = tl.load(lse_ptr + bh * T + rm, mask=m_ok, other=0.0)
     delta = tl.load(delta_ptr + bh * T + rm, mask=m_ok, other=0.0)
     dq = tl.zeros((BM, DP), dtype=ACC)
-    lo = tl.load(kv_range_ptr + b * srb + qt * srt)
-    hi = tl.load(kv_range_ptr + b * srb + qt * srt + 1)
     n_iter = 0
     for kt in range(lo, hi):
         rn = kt * BN + tl.arange(0, BN)
         n_ok = rn < T
-        kT = tl.load(k_ptr + b * skb + hk * skh + rn[None, :] * skt + rd[:, None] * skd,
-                     mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        vT = tl.load(v_ptr + b * svb + hk * svh + rn[None, :] * svt + rd[:, None] * svd,
-                     mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        kT = _load_tile(k_ptr + b * skb + hk * skh, rd, rn, skd, skt, d_ok, n_ok)
+        vT = _load_tile(v_ptr + b * svb + hk * svh, rd, rn, svd, svt, d_ok, n_ok)
         doc_k = tl.load(doc_ptr + b * sdb + rn * sdt, mask=n_ok, other=0)
         s = tl.dot(q, kT, input_precision="ieee", out_dtype=ACC) * scale
-        visible = ((rn[None, :] <= rm[:, None]) & (doc_q[:, None] == doc_k[None, :])
-                   & m_ok[:, None] & n_ok[None, :])
+        visible = _visible(rm[:, None], rn[None, :], doc_q[:, None], doc_k[None, :], m_ok[:, None], n_ok[None, :])
         p = tl.exp(tl.where(visible, s, float("-inf")) - lse[:, None])
         dp = tl.dot(do, vT, input_precision="ieee", out_dtype=ACC)
         ds = p * (dp - delta[:, None])

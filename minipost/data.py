@@ -160,10 +160,11 @@ def builtin(name: str, root: str | Path | None = None) -> Path:
     """Path of the built-in file data/minimart/{name}.jsonl (e.g. "sft_train").
 
     The files are generated from a fixed seed, not stored: on first use this runs
-    data/make_data.py's generate(out_dir) and says so. The generator's SHA-256 is kept
-    beside the files (GENERATOR_SHA256), so after an update of make_data.py the data is
-    rebuilt rather than silently stale. root: the repository root (the parent of the
-    minipost package by default; tests point it elsewhere).
+    data/make_data.py's generate(out_dir) and says so. A SHA-256 of the generator (every
+    data/*.py file: make_data.py and the modules it imports) is kept beside the files
+    (GENERATOR_SHA256), so after an update of any of them the data is rebuilt rather than
+    silently stale. root: the repository root (the parent of the minipost package by
+    default; tests point it elsewhere).
     """
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise ValueError(f"built-in data name must be a plain file stem like 'sft_train', got {name!r}")
@@ -172,14 +173,17 @@ def builtin(name: str, root: str | Path | None = None) -> Path:
     path = out_dir / f"{name}.jsonl"
     generator = root / "data" / "make_data.py"
     stamp = out_dir / "GENERATOR_SHA256"
-    digest = hashlib.sha256(generator.read_bytes()).hexdigest() if generator.is_file() else None
+    # Same fingerprint as make_data.generator_sha256(): each data/*.py by name and content.
+    listing = "".join(f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()}\n"
+                      for p in sorted(generator.parent.glob("*.py")))
+    digest = hashlib.sha256(listing.encode()).hexdigest() if generator.is_file() else None
     built_by = stamp.read_text().strip() if stamp.is_file() else None
     if path.is_file() and (digest is None or built_by in (None, digest)):
         return path  # (no stamp: files put there by hand, which are taken as they are)
     if digest is None:
         raise FileNotFoundError(f"built-in data {path} is missing and its generator {generator} was not found; "
                                 "run from a complete checkout of the repository")
-    why = "not found" if not path.is_file() else "was built by an older make_data.py"
+    why = "not found" if not path.is_file() else "was built by an older generator (data/*.py)"
     print(f"built-in data {path} {why}: generating data/minimart/ with {generator}")
     spec = importlib.util.spec_from_file_location("minipost_make_data", generator)
     module = importlib.util.module_from_spec(spec)

@@ -1,335 +1,269 @@
-"""Tests for data/make_data.py: determinism, record formats (DESIGN section 5), held-out splits,
-grounding of every answer in its order record (recomputed here from the prompt text), the voice
-and fact judges on the SFT and preference data, RL totals and the CPT vocabulary split."""
-
-import datetime as dt
-import importlib.util
+"""minipost.data: each reader on good input, and one clear error per kind of bad input."""
 import json
 import re
-from collections import Counter
-from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from minipost.rewards import extract_total, is_shop_voice, states_fact
+from minipost.data import DataError, builtin, read_labeled, read_preferences, read_rl, read_sft, read_texts
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_data", ROOT / "data" / "make_data.py")
-md = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(md)
-
-SCALE = 0.1
-SEED = 7
-KINDS = ("pretrain", "cpt", "sft", "pref", "rl", "intent")
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-          "October", "November", "December"]
+USER = {"role": "user", "content": "Where is order 12?"}
+ASSISTANT = {"role": "assistant", "content": "It ships today."}
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    return md.generate(tmp_path_factory.mktemp("mm"), seed=SEED, scale=SCALE)
+def write(tmp_path, lines, name="data.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines),
+                    encoding="utf-8")
+    return path
 
 
-def load(path):
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+def assert_error(reader, path, line, expected):
+    """The reader raises DataError naming the file, the line and what was expected."""
+    with pytest.raises(DataError) as info:
+        reader(path)
+    message = str(info.value)
+    assert str(path) in message
+    if line is not None:
+        assert f"line {line}:" in message
+    assert re.search(expected, message), message
+    assert isinstance(info.value, ValueError)
 
 
-@pytest.fixture(scope="module")
-def data(files):
-    return {k: load(p) for k, p in files.items() if p.suffix == ".jsonl"}
+# ---- good input ------------------------------------------------------------------------------
+
+def test_read_texts_skips_blank_lines(tmp_path):
+    path = write(tmp_path, [{"text": "one"}, "", "   ", {"text": "two", "meta": 1}])
+    assert read_texts(path) == ["one", "two"]
 
 
-# ----------------------------------------------------------------------------- parsing the prompt
-
-RECORD = re.compile(r"Order #(\d+)\nStatus: (.+)\nCarrier: (.+)\nTracking: (\S+)\n"
-                    r"Delivery date: (.+)\nReturn by: (.+)\nItems:\n((?:\d+ x .+ at \$\d+(?:\n|$))+)")
-ITEM = re.compile(r"^(\d+) x (.+) at \$(\d+)$", re.M)
-
-
-def parse_record(text):
-    m = RECORD.search(text)
-    assert m, f"no order record in {text!r}"
-    items = [(int(q), name, int(p)) for q, name, p in ITEM.findall(m.group(7))]
-    return {"number": m.group(1), "status": m.group(2), "carrier": m.group(3), "tracking": m.group(4),
-            "delivery": m.group(5), "return_by": m.group(6), "items": items}
+def test_read_sft_keeps_extra_keys(tmp_path):
+    rec = {"messages": [{"role": "system", "content": "Be brief."}, USER, ASSISTANT], "meta": {"agent": 3}}
+    path = write(tmp_path, [rec, "", {"messages": [USER, ASSISTANT, USER, ASSISTANT]}])
+    out = read_sft(path)
+    assert out == [rec, {"messages": [USER, ASSISTANT, USER, ASSISTANT]}]
 
 
-def parse_date(s, year):
-    month, day = s.split()
-    return dt.date(year, MONTHS.index(month) + 1, int(day))
+def test_read_preferences_normalizes_string_prompt(tmp_path):
+    path = write(tmp_path, [
+        {"prompt": "Where is order 12?", "chosen": "a", "rejected": "b", "meta": "x"},
+        {"prompt": [{"role": "system", "content": "s"}, USER], "chosen": "c", "rejected": "d"},
+    ])
+    assert read_preferences(path) == [
+        {"prompt": [USER], "chosen": "a", "rejected": "b", "meta": "x"},
+        {"prompt": [{"role": "system", "content": "s"}, USER], "chosen": "c", "rejected": "d"},
+    ]
 
 
-def expected_fact(intent, rec, question):
-    """The fact a correct answer must state, recomputed from the record text alone."""
-    if intent in ("delivery_date", "status", "carrier", "tracking"):
-        return rec[{"delivery_date": "delivery"}.get(intent, intent)]
-    if intent == "return_deadline":
-        return rec["return_by"]
-    if intent == "item_count":
-        n = sum(q for q, _, _ in rec["items"])
-        return f"{n} item" + ("s" if n != 1 else "")
-    if intent == "total":
-        return f"Total: ${sum(q * p for q, _, p in rec['items'])}"
-    if intent == "item_price":
-        named = [it for it in rec["items"] if it[1] in question]
-        named.sort(key=lambda it: -len(it[1]))
-        assert named, f"no item of the record is named in {question!r}"
-        return f"${named[0][2]}"
-    raise AssertionError(intent)
+def test_read_rl(tmp_path):
+    path = write(tmp_path, [{"prompt": "Where is order 12?", "answer": "42"}, {"prompt": [USER], "answer": "7", "k": 1}])
+    assert read_rl(path) == [{"prompt": [USER], "answer": "42"}, {"prompt": [USER], "answer": "7", "k": 1}]
 
 
-# ----------------------------------------------------------------------------- determinism
-
-def test_same_seed_same_bytes_and_different_seed_differs(files, tmp_path):
-    again = md.generate(tmp_path / "a", seed=SEED, scale=SCALE)
-    other = md.generate(tmp_path / "b", seed=SEED + 1, scale=SCALE)
-    assert set(again) == set(files)
-    for name, path in files.items():
-        assert again[name].read_bytes() == path.read_bytes(), name
-        if name != "intent_labels":
-            assert other[name].read_bytes() != path.read_bytes(), name
+def test_read_labeled(tmp_path):
+    path = write(tmp_path, [{"text": "refund please", "label": 2}, {"text": "hi", "label": 0, "meta": None}])
+    assert read_labeled(path) == [{"text": "refund please", "label": 2}, {"text": "hi", "label": 0, "meta": None}]
 
 
-def test_rl_flags_change_only_rl_files(files, tmp_path):
-    hard = md.generate(tmp_path, seed=SEED, scale=SCALE, rl_items=(4,), rl_max_price=5, rl_max_qty=3)
-    for name, path in files.items():
-        same = hard[name].read_bytes() == path.read_bytes()
-        assert same == (not name.startswith("rl_") and name != "manifest"), name
-    for rec in load(hard["rl_train"]) + load(hard["rl_val"]):
-        items = parse_record(rec["prompt"][-1]["content"])["items"]
-        assert len(items) == 4
-        assert all(1 <= p <= 5 and 1 <= q <= 3 for q, _, p in items)
-        assert int(rec["answer"]) == sum(q * p for q, _, p in items)
+# ---- bad input: one test per case ------------------------------------------------------------
+
+def test_bad_json(tmp_path):
+    path = write(tmp_path, [{"text": "fine"}, "", '{"text": "broken"'])
+    assert_error(read_texts, path, 3, "not valid JSON.*expected one JSON object per line")
 
 
-# ----------------------------------------------------------------------------- files and formats
-
-def test_names_sizes_and_encoding(files, data):
-    expected = {f"{k}_{s}" for k in KINDS for s in ("train", "val")} | {"intent_labels", "manifest"}
-    assert set(files) == expected
-    for kind in KINDS:
-        for i, split in enumerate(("train", "val")):
-            target = max(1, round(md.SIZES[kind][i] * SCALE))
-            if kind in ("pretrain", "cpt"):  # byte targets: reached, overshot by at most one document
-                size = files[f"{kind}_{split}"].stat().st_size
-                longest = max(len(json.dumps(r)) + 1 for r in data[f"{kind}_{split}"])
-                assert target <= size < target + longest
-            else:
-                assert len(data[f"{kind}_{split}"]) == target
-    for path in files.values():
-        raw = path.read_bytes()
-        assert all(b < 128 for b in raw), f"{path.name} is not ASCII"
-        assert b"\r" not in raw and raw.endswith(b"\n")
-    assert json.loads(files["intent_labels"].read_text()) == md.INTENTS
-    manifest = json.loads(files["manifest"].read_text())
-    assert manifest["args"] == {"seed": SEED, "rl_items": [1], "rl_max_price": 9, "rl_max_qty": 4,
-                                "scale": SCALE}
-    for name, info in manifest["files"].items():
-        assert files[name].name == info["file"] and files[name].stat().st_size == info["bytes"]
+def test_not_utf8(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    assert_error(read_texts, path, 2, "not UTF-8 text")
 
 
-def _check_messages(msgs, last_role):
-    assert isinstance(msgs, list) and msgs
-    assert msgs[0] == {"role": "system", "content": md.SYSTEM_PROMPT}
-    for i, m in enumerate(msgs[1:]):
-        assert set(m) == {"role", "content"} and isinstance(m["content"], str) and m["content"].strip()
-        assert m["role"] == ("user" if i % 2 == 0 else "assistant")
-    assert msgs[-1]["role"] == last_role
+def test_byte_order_mark_is_tolerated(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes('{"text": "ok"}\n'.encode("utf-8-sig"))
+    assert read_texts(path) == ["ok"]
 
 
-def test_record_keys_and_types(data):
-    for split in ("train", "val"):
-        for kind in ("pretrain", "cpt"):
-            for r in data[f"{kind}_{split}"]:
-                assert set(r) == {"text"} and isinstance(r["text"], str) and r["text"].strip()
-        for r in data[f"sft_{split}"]:
-            assert set(r) == {"messages", "meta"}
-            _check_messages(r["messages"], "assistant")
-            meta = r["meta"]
-            assert set(meta) == {"intent", "fact", "voice", "turns", "intents", "facts"}
-            assert meta["voice"] in md.VOICES and meta["intent"] in md.SFT_INTENTS
-            assert isinstance(meta["fact"], str) and meta["fact"] == meta["facts"][-1]
-            assert meta["turns"] == len(meta["facts"]) == len(meta["intents"]) == (len(r["messages"]) - 1) // 2
-        for r in data[f"pref_{split}"]:
-            assert set(r) == {"prompt", "chosen", "rejected", "meta"}
-            _check_messages(r["prompt"], "user")
-            assert len(r["prompt"]) == 2
-            assert isinstance(r["chosen"], str) and isinstance(r["rejected"], str) and r["chosen"] != r["rejected"]
-            assert set(r["meta"]) == {"fact", "kind", "intent"} and r["meta"]["kind"] in ("voice", "hallucination")
-        for r in data[f"rl_{split}"]:
-            assert set(r) == {"prompt", "answer"}
-            _check_messages(r["prompt"], "user")
-            assert isinstance(r["answer"], str) and r["answer"].isdigit()
-        for r in data[f"intent_{split}"]:
-            assert set(r) == {"text", "label"} and isinstance(r["text"], str)
-            assert type(r["label"]) is int and 0 <= r["label"] < len(md.INTENTS)
+def test_not_an_object(tmp_path):
+    path = write(tmp_path, [["text", "x"]])
+    assert_error(read_texts, path, 1, "expected a JSON object")
 
 
-def _prompt_key(kind, r):
-    if kind in ("pretrain", "cpt", "intent"):
-        return r["text"]
-    msgs = r["messages"][:2] if kind == "sft" else r["prompt"]
-    return json.dumps(msgs)
+def test_missing_key(tmp_path):
+    path = write(tmp_path, [{"text": "a"}, {"txt": "b"}])
+    assert_error(read_texts, path, 2, r"missing key 'text' \(expected a string\)")
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_val_is_held_out(data, kind):
-    train = [_prompt_key(kind, r) for r in data[f"{kind}_train"]]
-    val = [_prompt_key(kind, r) for r in data[f"{kind}_val"]]
-    assert len(set(train)) == len(train) and len(set(val)) == len(val)
-    assert not set(train) & set(val)
-    if kind in ("sft", "pref", "rl"):  # different orders, not just different wording
-        def num(r):
-            return parse_record((r["messages"] if kind == "sft" else r["prompt"])[1]["content"])["number"]
-        assert not {num(r) for r in data[f"{kind}_train"]} & {num(r) for r in data[f"{kind}_val"]}
+def test_wrong_type(tmp_path):
+    path = write(tmp_path, [{"text": 5}])
+    assert_error(read_texts, path, 1, "'text' must be a string, got an integer")
 
 
-# ----------------------------------------------------------------------------- SFT
-
-def test_sft_answers_are_grounded_in_the_record(data):
-    for r in data["sft_train"] + data["sft_val"]:
-        msgs, meta = r["messages"], r["meta"]
-        rec = parse_record(msgs[1]["content"])
-        for t in range(meta["turns"]):
-            question = msgs[1 + 2 * t]["content"].split("\n")[-1]
-            answer = msgs[2 + 2 * t]["content"]
-            fact = meta["facts"][t]
-            assert fact == expected_fact(meta["intents"][t], rec, question)
-            assert states_fact(answer, fact), (answer, fact)
-            if meta["intents"][t] == "total":
-                assert extract_total(answer) == int(fact.split("$")[1])
-        # the return window is 30 days after delivery (the record crosses at most into next year)
-        candidates = set()
-        for year in (2024, 2025):
-            try:  # February 29 exists in 2024 only
-                candidates.add(md.fmt_date(parse_date(rec["delivery"], year) + dt.timedelta(days=30)))
-            except ValueError:
-                pass
-        assert rec["return_by"] in candidates
+def test_unknown_role(tmp_path):
+    path = write(tmp_path, [{"messages": [USER, ASSISTANT]}, {"messages": [USER, {"role": "bot", "content": "x"}]}])
+    assert_error(read_sft, path, 2, r"unknown role 'bot', expected one of system, user, assistant")
 
 
-def test_sft_voices(data):
-    recs = data["sft_train"]
-    for r in recs + data["sft_val"]:
-        for m in r["messages"][2::2]:
-            assert is_shop_voice(m["content"]) == (r["meta"]["voice"] == "shop")
-            if r["meta"]["voice"] != "shop":  # no other style borrows either phrase
-                assert md.SHOP_OPENING.lower() not in m["content"].lower()
-                assert "happy shopping" not in m["content"].lower()
-    voices = Counter(r["meta"]["voice"] for r in recs)
-    assert set(voices) == set(md.VOICES) and len(md.VOICES) >= 4
-    assert 0.17 <= voices["shop"] / len(recs) <= 0.33
+def test_message_content_wrong_type(tmp_path):
+    path = write(tmp_path, [{"messages": [USER, {"role": "assistant", "content": ["x"]}]}])
+    assert_error(read_sft, path, 1, r"messages\[1\]: content must be a string, got list")
 
 
-def test_sft_totals_two_turns_and_length(data):
-    recs = data["sft_train"]
-    totals = [r for r in recs if "total" in r["meta"]["intents"]]
-    assert 0.15 <= len(totals) / len(recs) <= 0.28
-    n_items = [len(parse_record(r["messages"][1]["content"])["items"]) for r in totals]
-    assert set(n_items) == {1, 2}
-    two = sum(r["meta"]["turns"] == 2 for r in recs)
-    assert 0.05 <= two / len(recs) <= 0.16
-    for r in recs + data["sft_val"]:
-        assert sum(len(m["content"].split()) for m in r["messages"]) <= 120
-    assert {r["meta"]["intent"] for r in recs} == set(md.SFT_INTENTS)
+def test_messages_not_a_list(tmp_path):
+    path = write(tmp_path, [{"messages": "hello"}])
+    assert_error(read_sft, path, 1, "'messages' must be a list of")
 
 
-# ----------------------------------------------------------------------------- preferences
-
-def test_pref_chosen_and_rejected(data):
-    kinds = Counter()
-    for r in data["pref_train"] + data["pref_val"]:
-        fact, kind = r["meta"]["fact"], r["meta"]["kind"]
-        kinds[kind] += 1
-        user = r["prompt"][1]["content"]
-        rec = parse_record(user)
-        assert fact == expected_fact(r["meta"]["intent"], rec, user.split("\n")[-1])
-        assert is_shop_voice(r["chosen"]) and states_fact(r["chosen"], fact)
-        assert not (is_shop_voice(r["rejected"]) and states_fact(r["rejected"], fact))
-        if kind == "voice":
-            assert not is_shop_voice(r["rejected"]) and states_fact(r["rejected"], fact)
-        else:
-            assert is_shop_voice(r["rejected"]) and not states_fact(r["rejected"], fact)
-            # same reply with one value swapped; the swapped-in value is nowhere in the record
-            head, tail = r["chosen"].split(fact, 1)
-            assert r["rejected"].startswith(head) and r["rejected"].endswith(tail)
-            wrong = r["rejected"][len(head):len(r["rejected"]) - len(tail)]
-            values = {rec[k] for k in ("status", "carrier", "tracking", "delivery", "return_by")}
-            values |= {f"${p}" for _, _, p in rec["items"]}
-            values |= {expected_fact(i, rec, "") for i in ("item_count", "total")}
-            assert wrong and wrong != fact and wrong not in values, (wrong, user)
-    assert min(kinds.values()) >= 0.3 * sum(kinds.values())
+def test_empty_file(tmp_path):
+    path = write(tmp_path, [])
+    assert_error(read_sft, path, None, "empty; expected at least one JSON object")
 
 
-# ----------------------------------------------------------------------------- RL
-
-def test_rl_answers_recomputed_from_prompt(data):
-    sizes, quantities = Counter(), Counter()
-    for r in data["rl_train"] + data["rl_val"]:
-        items = parse_record(r["prompt"][1]["content"])["items"]
-        sizes[len(items)] += 1
-        quantities.update(q for q, _, _ in items)
-        assert all(1 <= q <= 4 and 1 <= p <= 9 for q, _, p in items)  # default flags
-        assert int(r["answer"]) == sum(q * p for q, _, p in items)
-        assert r["prompt"][1]["content"].split("\n")[-1] in md.QUESTIONS["total"]
-    assert set(sizes) == {1} and set(quantities) == {1, 2, 3, 4}
+def test_blank_lines_only_is_empty(tmp_path):
+    path = write(tmp_path, ["", "  "])
+    assert_error(read_texts, path, None, "empty")
 
 
-# ----------------------------------------------------------------------------- corpora and intents
-
-def test_cpt_vocabulary_only_in_cpt(data):
-    general = "\n".join(r["text"] for r in data["pretrain_train"] + data["pretrain_val"]).lower()
-    domain = "\n".join(r["text"] for r in data["cpt_train"]).lower()
-    for term in md.CPT_TERMS:
-        assert term not in general, term
-        assert term in domain, term
-    others = "\n".join(json.dumps(r) for k in ("sft", "pref", "rl", "intent")
-                       for s in ("train", "val") for r in data[f"{k}_{s}"]).lower()
-    assert not [t for t in md.CPT_TERMS if t in others]
-    # the shop's voice is taught by SFT and preferences, never by the base corpus
-    assert "hi there!" not in general and "happy shopping" not in general
+def test_missing_file(tmp_path):
+    assert_error(read_texts, tmp_path / "nope.jsonl", None, "no such file")
 
 
-def test_pretrain_receipts_add_up(data):
-    receipts = [r["text"] for r in data["pretrain_train"] if "\nTotal: $" in r["text"]]
-    assert len(receipts) > 10
-    for text in receipts:
-        lines = re.findall(r"^(\d+) x .+ at \$(\d+) = \$(\d+)$", text, re.M)
-        assert lines and all(int(q) * int(p) == int(s) for q, p, s in lines)
-        assert extract_total(text) == sum(int(s) for _, _, s in lines)
+def test_sft_last_message_not_assistant(tmp_path):
+    path = write(tmp_path, [{"messages": [USER, ASSISTANT, USER]}])
+    assert_error(read_sft, path, 1, "last message must be from the assistant.*got 'user'")
 
 
-def test_intents_cover_all_labels(data):
-    labels = Counter(r["label"] for r in data["intent_train"])
-    assert set(labels) == set(range(len(md.INTENTS)))
-    assert min(labels.values()) >= 0.1 * len(data["intent_train"])
-    assert all("Order #" not in r["text"] and len(r["text"].split()) <= 30 for r in data["intent_train"])
+def test_sft_no_assistant_message(tmp_path):
+    path = write(tmp_path, [{"messages": [{"role": "system", "content": "s"}, USER]}])
+    assert_error(read_sft, path, 1, "last message must be from the assistant")
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 10**6), n_items=st.integers(1, 5), max_price=st.integers(1, 50),
-       max_qty=st.integers(1, 4))
-def test_any_seed_and_flags_give_consistent_rl_and_sft(tmp_path_factory, seed, n_items, max_price, max_qty):
-    out = md.generate(tmp_path_factory.mktemp("any"), seed=seed, scale=0.01, rl_items=(n_items,),
-                      rl_max_price=max_price, rl_max_qty=max_qty)
-    for r in load(out["rl_train"]) + load(out["rl_val"]):
-        items = parse_record(r["prompt"][1]["content"])["items"]
-        assert len(items) == n_items and all(1 <= p <= max_price and 1 <= q <= max_qty for q, _, p in items)
-        assert int(r["answer"]) == sum(q * p for q, _, p in items)
-    for r in load(out["sft_train"]):
-        rec = parse_record(r["messages"][1]["content"])
-        q = r["messages"][-2]["content"].split("\n")[-1]
-        assert r["meta"]["fact"] == expected_fact(r["meta"]["intent"], rec, q)
-        assert states_fact(r["messages"][-1]["content"], r["meta"]["fact"])
+def test_sft_empty_messages(tmp_path):
+    path = write(tmp_path, [{"messages": []}])
+    assert_error(read_sft, path, 1, "at least one message")
 
 
-def test_cli_prints_one_line_per_file(tmp_path, capsys):
-    md.main(["--out", str(tmp_path), "--scale", "0.01", "--seed", "3", "--rl-items", "2,3"])
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
-    assert len(lines) == 13
-    assert all(re.match(r"^\S+\.jsonl?: \d+ (records|labels), \d+ bytes$", l) for l in lines)
-    assert len(list(tmp_path.iterdir())) == 15  # 13 data files, manifest, GENERATOR_SHA256
+def test_preferences_missing_rejected(tmp_path):
+    path = write(tmp_path, [{"prompt": "q", "chosen": "a"}])
+    assert_error(read_preferences, path, 1, "missing key 'rejected'")
 
 
+def test_preferences_prompt_wrong_type(tmp_path):
+    path = write(tmp_path, [{"prompt": 3, "chosen": "a", "rejected": "b"}])
+    assert_error(read_preferences, path, 1, "'prompt' must be a string or a list of messages")
+
+
+def test_preferences_prompt_ends_with_assistant(tmp_path):
+    path = write(tmp_path, [{"prompt": [USER, ASSISTANT], "chosen": "a", "rejected": "b"}])
+    assert_error(read_preferences, path, 1, "last 'prompt' message must be from the user")
+
+
+def test_rl_answer_wrong_type(tmp_path):
+    path = write(tmp_path, [{"prompt": "what is 2+2?", "answer": 4}])
+    assert_error(read_rl, path, 1, "'answer' must be a string")
+
+
+def test_rl_prompt_unknown_role(tmp_path):
+    path = write(tmp_path, [{"prompt": [{"role": "human", "content": "hi"}], "answer": "4"}])
+    assert_error(read_rl, path, 1, r"'prompt': messages\[0\]: unknown role 'human'")
+
+
+def test_labeled_negative_label(tmp_path):
+    path = write(tmp_path, [{"text": "a", "label": -1}])
+    assert_error(read_labeled, path, 1, "'label' must be an integer class index >= 0, got -1")
+
+
+def test_labeled_bool_label(tmp_path):
+    path = write(tmp_path, [{"text": "a", "label": True}])
+    assert_error(read_labeled, path, 1, "'label' must be an integer class index >= 0, got a boolean")
+
+
+def test_labeled_float_label(tmp_path):
+    path = write(tmp_path, [{"text": "a", "label": 1.0}])
+    assert_error(read_labeled, path, 1, "got a number")
+
+
+# ---- builtin() ---------------------------------------------------------------------------------
+
+def test_builtin_missing_generator(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"generator .*make_data\.py was not found"):
+        builtin("sft_train", root=tmp_path)
+
+
+def test_builtin_existing_file_is_returned(tmp_path, capsys):
+    (tmp_path / "data" / "minimart").mkdir(parents=True)
+    path = tmp_path / "data" / "minimart" / "sft_train.jsonl"
+    path.write_text('{"messages": []}\n')
+    assert builtin("sft_train", root=tmp_path) == path
+    assert capsys.readouterr().out == ""
+
+
+FAKE_GENERATOR = '''
+from pathlib import Path
+CALLS = []
+
+def generate(out_dir, seed=1234):
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "pretrain_train.jsonl").write_text('{"text": "hello"}\\n')
+    (out_dir / "calls.txt").write_text(str(seed))
+    return {"pretrain_train": out_dir / "pretrain_train.jsonl"}
+'''
+
+
+def test_builtin_generates_on_first_use(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "make_data.py").write_text(FAKE_GENERATOR)
+    path = builtin("pretrain_train", root=tmp_path)
+    assert path == tmp_path / "data" / "minimart" / "pretrain_train.jsonl"
+    assert read_texts(path) == ["hello"]
+    assert (tmp_path / "data" / "minimart" / "calls.txt").read_text() == "1234"  # default seed
+    assert "generating" in capsys.readouterr().out
+    # Second use: no regeneration.
+    (tmp_path / "data" / "minimart" / "calls.txt").unlink()
+    assert builtin("pretrain_train", root=tmp_path) == path
+    assert not (tmp_path / "data" / "minimart" / "calls.txt").exists()
+
+
+def test_builtin_rebuilds_when_generator_changes(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    generator = tmp_path / "data" / "make_data.py"
+    generator.write_text(FAKE_GENERATOR)
+    path = builtin("pretrain_train", root=tmp_path)
+    calls = tmp_path / "data" / "minimart" / "calls.txt"
+    calls.unlink()
+    generator.write_text(FAKE_GENERATOR + "\n# a newer version\n")
+    capsys.readouterr()
+    assert builtin("pretrain_train", root=tmp_path) == path
+    assert calls.exists()  # regenerated
+    assert "older generator" in capsys.readouterr().out
+
+
+def test_builtin_rebuilds_when_a_generator_module_changes(tmp_path, capsys):
+    # make_data.py imports the modules beside it (world.py, records.py, ...): they count too.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "make_data.py").write_text(FAKE_GENERATOR)
+    module = tmp_path / "data" / "world.py"
+    module.write_text("PRICE = 1\n")
+    path = builtin("pretrain_train", root=tmp_path)
+    calls = tmp_path / "data" / "minimart" / "calls.txt"
+    calls.unlink()
+    (tmp_path / "data" / "README.md").write_text("not part of the generator\n")
+    assert builtin("pretrain_train", root=tmp_path) == path
+    assert not calls.exists()  # only .py files count
+    module.write_text("PRICE = 2\n")
+    capsys.readouterr()
+    assert builtin("pretrain_train", root=tmp_path) == path
+    assert calls.exists()  # regenerated
+    assert "older generator" in capsys.readouterr().out
+
+
+def test_builtin_unknown_name(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "make_data.py").write_text(FAKE_GENERATOR)
+    with pytest.raises(FileNotFoundError, match="no built-in data named 'sft_tran'; available: pretrain_train"):
+        builtin("sft_tran", root=tmp_path)
+
+
+def test_builtin_rejects_paths(tmp_path):
+    with pytest.raises(ValueError, match="plain file stem"):
+        builtin("../secrets", root=tmp_path)

@@ -1,21 +1,17 @@
 """kernels/doc_attention.py against a naive float64 softmax attention with a loop-built mask.
 
-Without CUDA the kernels run under TRITON_INTERPRET=1 (NumPy on the CPU), which must be set
+Without CUDA the kernels run under TRITON_INTERPRET=1 (NumPy on the CPU), set by tests/conftest.py
 before triton first sees the kernel module; tiles there are 32 x 32, so T = 53 spans two
 query tiles and two key tiles with document boundaries in the middle of tiles.
 """
 import math
 import os
 
+import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-from kernels.doc_attention import count_tiles, doc_attention, visited_tiles  # noqa: E402
+from kernels.doc_attention import count_tiles, doc_attention, visited_tiles
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DEV = "cpu" if INTERPRET else "cuda"

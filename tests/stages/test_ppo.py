@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from minipost import cli
 from minipost.stages.ppo import shaped_rewards
 from minipost.value_head import ValueHead
-from test_rl_stage import changed, learns_the_toy, rl_setup, stage_args  # noqa: F401  (rl_setup: a fixture)
+from tests.stages.test_rl import changed, learns_the_toy, rl_setup, stage_args  # noqa: F401  (rl_setup: a fixture)
 
 
 def shaped_loop(scores, old, ref, mask, kl_coef):

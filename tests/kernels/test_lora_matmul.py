@@ -1,20 +1,16 @@
 """kernels/lora_matmul.py against the LoRA equations written out in float64.
 
-Without CUDA the kernels run under TRITON_INTERPRET=1 (NumPy on the CPU), which must be set
+Without CUDA the kernels run under TRITON_INTERPRET=1 (NumPy on the CPU), set by tests/conftest.py
 before triton first sees the kernel module; tiles there are 32 wide, so the shapes below
 are ragged and span several tiles in every dimension.
 """
 import os
 
+import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-from kernels.lora_matmul import lora_matmul  # noqa: E402
+from kernels.lora_matmul import lora_matmul
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DEV = "cpu" if INTERPRET else "cuda"
