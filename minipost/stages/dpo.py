@@ -24,7 +24,7 @@ How it is computed here:
                 the reference then), and stored in out/ref_logps.safetensors (so
                 --resume finds them);
     adapters    (the default under --peft) the reference is the same model inside
-                peft.disable_adapters, computed on the fly (DESIGN §6);
+                peft.disable_adapters, computed on the fly (docs/DESIGN.md §6);
     copy        a frozen second model loaded from --init: twice the weights in memory,
                 for comparison (bench/memory.py).
 - The stats of each step (tqdm bar and metrics.jsonl), averaged over the pairs: loss,
