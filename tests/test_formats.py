@@ -103,3 +103,22 @@ def test_bad_arguments(small_tokenizer):
         chat_completion_tokens([USER, A1], 0, small_tokenizer)
     with pytest.raises(ValueError, match="mask must be one of"):
         sft_tokens({"text": "a"}, small_tokenizer, "all")
+
+
+def test_every_preference_form_gives_the_same_tokens(small_tokenizer, tmp_path):
+    from minipost.chat import render_completion
+    from minipost.data import read_preferences
+
+    tok = small_tokenizer
+    good, bad = {"role": "assistant", "content": "the mug shipped"}, {"role": "assistant", "content": "no idea"}
+    lines = [{"prompt": "where is my kettle", "chosen": good["content"], "rejected": bad["content"]},
+             {"prompt": [USER], "chosen": [good], "rejected": [bad]},
+             {"chosen": [USER, good], "rejected": [USER, bad]}]
+    path = tmp_path / "pref.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rendered = [(render_completion(r["prompt"], r["chosen"], tok), render_completion(r["prompt"], r["rejected"], tok))
+                for r in read_preferences(path)]
+    assert rendered[0] == rendered[1] == rendered[2]
+    (ids, targets), _ = rendered[0]
+    reply = tok.encode(good["content"]) + [tok.end_id]
+    assert targets == [IGN] * (len(ids) - len(reply)) + reply  # loss on the reply and its <|end|> only
