@@ -12,7 +12,7 @@ visible to query i when
     j < n_global  or  doc_q[i] == doc_k[j]      (same document, unless the key is global)
 
 Global keys are prefix-tuning K/V and prompt-tuning virtual tokens: every document may see
-them. Document ids serve three purposes with one rule: packed documents (DESIGN §3), left
+them. Document ids serve three purposes with one rule: packed documents (docs/DESIGN.md §3), left
 padding in batched generation (pads get their own id, so real tokens never see them and a
 pad row still sees itself, which keeps the softmax finite), and plain causal attention
 (doc ids None = one document per row).

@@ -1,6 +1,6 @@
 """Chat template rendering and loss masks for instruction tuning.
 
-The template (DESIGN §4), one block per message:
+The template (docs/DESIGN.md §4), one block per message:
 
     <|system|>\\n{system}<|end|>\\n<|user|>\\n{user}<|end|>\\n<|assistant|>\\n{assistant}<|end|>\\n
 
@@ -9,7 +9,7 @@ id; every text piece ("\\n" and each message's content) is encoded on its own wi
 `tokenizer.encode`, which never yields a control id. So a user who writes "<|end|>" gets
 the characters, not the token, and cannot close their own turn (template injection).
 
-Targets are pre-shifted (DESIGN §2): with s the full token list, input_ids = s[:-1] and
+Targets are pre-shifted (docs/DESIGN.md §2): with s the full token list, input_ids = s[:-1] and
 targets = s[1:], where targets[t] = -100 when the token s[t+1] is not trained.
 
 Which tokens are trained, per mask mode (bos is never a target: nothing precedes it):
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-IGNORE_INDEX = -100  # DESIGN §2: "no loss here"
+IGNORE_INDEX = -100  # docs/DESIGN.md §2: "no loss here"
 ROLES = ("system", "user", "assistant")
 MASK_MODES = ("none", "prompt", "template")
 

@@ -1,4 +1,4 @@
-"""Held-out metrics of each stage (DESIGN §10), measured with greedy decoding.
+"""Held-out metrics of each stage (docs/DESIGN.md §10), measured with greedy decoding.
 
     format_rate     a reply ends with <|end|> and contains no role token before it
     fact_accuracy   the reply states the fact asked about (rewards.states_fact)

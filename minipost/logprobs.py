@@ -7,7 +7,7 @@ Every preference and RL loss in minipost starts from these numbers:
     sequence_logps[b]  = sum_t token_logps[b, t]          (reduction="sum")
                        or that sum / number of scored tokens   (reduction="mean")
 
-Targets are pre-shifted (DESIGN §2): logits[:, t] is scored against targets[:, t], and a
+Targets are pre-shifted (docs/DESIGN.md §2): logits[:, t] is scored against targets[:, t], and a
 target of -100 means "not part of the completion", which contributes 0.
 
 Numerics and memory: the logits are upcast to float32 (never computed in bf16, whose 8-bit

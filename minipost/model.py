@@ -10,7 +10,7 @@ RoPE (Su et al., 2021), "rotate half" layout: for angle a_p,i = p * theta^(-2i/h
 where x1, x2 are the first and second halves of the head dimension.
 SwiGLU (Shazeer, 2020):  down(silu(gate(x)) * up(x)).
 
-Parameter names follow the Llama layout one to one (DESIGN §3), so a state dict reads like
+Parameter names follow the Llama layout one to one (docs/DESIGN.md §3), so a state dict reads like
 one. Three hooks serve parameter-efficient fine-tuning without changing this file:
 `Attention.prefix` (prefix-tuning K/V), `GPT.prompt` (prompt-tuning virtual tokens) and
 wrapping any nn.Linear (LoRA, bottleneck adapters).

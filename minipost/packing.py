@@ -1,12 +1,12 @@
 """Fitting documents into fixed-length rows: truncation, packing, padding, batching.
 
 A document here is a pair (input_ids, targets) of equal length with pre-shifted targets
-(DESIGN §2): targets[t] is the token after input_ids[t], -100 where there is no loss.
+(docs/DESIGN.md §2): targets[t] is the token after input_ids[t], -100 where there is no loss.
 
 Packing (as in T5, Raffel et al., 2020, and most LLM training since) puts several
 documents in one row of exactly seq_len tokens instead of padding each to the longest,
 so little compute goes to padding. Two things keep a packed row equivalent to running its
-documents one by one (DESIGN §3):
+documents one by one (docs/DESIGN.md §3):
   - doc_ids [R, L]: attention stays within a document (the model masks on it);
   - position_ids [R, L]: RoPE positions restart at 0 for each document.
 Targets need nothing special: each document brings its own, pre-shifted, so no target

@@ -32,7 +32,7 @@ import re
 SHOP_OPENING = "Hi there!"
 SHOP_SIGNOFF = "Happy shopping! - the Minimart team"
 
-# Chat control tokens of the template in DESIGN section 4 (same strings as minipost/tokenizer.py).
+# Chat control tokens of the template in docs/DESIGN.md §4 (same strings as minipost/tokenizer.py).
 ROLE_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 # "Total:" not glued to a preceding letter (so "Subtotal: $5" is not a marker).

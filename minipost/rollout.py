@@ -17,7 +17,7 @@ in column P. A rollout keeps exactly that layout:
 `completion_logps` re-scores the completions with a fresh forward pass over sequences[:, :-1]
 (same left padding, doc ids and positions as generation, so the numbers agree with the
 recorded ones): logits column P - 1 + t predicts completion token t, i.e. the pre-shifted
-targets of DESIGN §2 restricted to the completion columns. The G rows of a prompt share
+targets of docs/DESIGN.md §2 restricted to the completion columns. The G rows of a prompt share
 its forward pass through a KV cache, in training as in generation.
 
 Reward of a completion (rewards.py), on the reply text up to the first control token:

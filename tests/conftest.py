@@ -5,7 +5,7 @@ import pytest
 
 import torch  # noqa: E402
 
-# Without a GPU the Triton kernels run in the interpreter (DESIGN §8). Triton reads the
+# Without a GPU the Triton kernels run in the interpreter (docs/DESIGN.md §8). Triton reads the
 # variable when a kernel module is first imported, so it is set before any test runs.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -157,9 +157,11 @@ def test_preferences_prompt_ends_with_assistant(tmp_path):
     assert_error(read_preferences, path, 1, "last 'prompt' message must be from the user")
 
 
-def test_rl_answer_wrong_type(tmp_path):
-    path = write(tmp_path, [{"prompt": "what is 2+2?", "answer": 4}])
-    assert_error(read_rl, path, 1, "'answer' must be a string")
+def test_rl_answer_is_a_column_not_checked_by_the_reader(tmp_path):
+    # The reward functions check their columns (reward_fns.minimart_task_reward needs "answer").
+    path = write(tmp_path, [{"prompt": "what is 2+2?", "answer": 4}, {"prompt": "hi"}])
+    assert read_rl(path) == [{"prompt": [{"role": "user", "content": "what is 2+2?"}], "answer": 4},
+                             {"prompt": [{"role": "user", "content": "hi"}]}]
 
 
 def test_rl_prompt_unknown_role(tmp_path):

@@ -1,4 +1,4 @@
-"""Pure loss functions of every training stage (DESIGN §7). Each module names its paper."""
+"""Pure loss functions of every training stage (docs/DESIGN.md §7). Each module names its paper."""
 
 from minipost.losses._masked import IGNORE_INDEX, masked_mean, masked_sum, masked_var
 from minipost.losses.dpo import dpo_loss

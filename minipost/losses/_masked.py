@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-# DESIGN §2: a target of -100 means "no loss here" (the PyTorch cross_entropy default).
+# docs/DESIGN.md §2: a target of -100 means "no loss here" (the PyTorch cross_entropy default).
 IGNORE_INDEX = -100
 
 

@@ -41,7 +41,7 @@ def sft_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
             f"sft loss expects logits [B, T, V] and targets [B, T], got {tuple(logits.shape)} "
             f"and {tuple(targets.shape)}"
         )
-    # Upcast: the loss is computed in float32 even when the model runs in bf16 (DESIGN §2).
+    # Upcast: the loss is computed in float32 even when the model runs in bf16 (docs/DESIGN.md §2).
     x = logits.to(torch.promote_types(logits.dtype, torch.float32))
     summed = F.cross_entropy(
         x.reshape(-1, x.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"

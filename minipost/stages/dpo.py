@@ -22,7 +22,7 @@ How it is computed here:
                       no-grad pass before training and stored in out/ref_logps.safetensors
                       (--resume reads them: the model in memory is no longer the reference);
     --peft            the reference is the same model inside peft.disable_adapters, computed
-                      on the fly (DESIGN §6); the held-out pairs' once, at the start.
+                      on the fly (docs/DESIGN.md §6); the held-out pairs' once, at the start.
   (bench/memory.py compares both with a frozen second copy of the model.)
 - The stats of each step (tqdm bar and metrics.jsonl), averaged over the pairs: loss,
   rewards/chosen, rewards/rejected (the implicit rewards above), rewards/accuracies

@@ -1,4 +1,4 @@
-"""Tests for data/make_data.py: determinism, record formats (DESIGN section 5), held-out splits,
+"""Tests for data/make_data.py: determinism, record formats (docs/DESIGN.md §5), held-out splits,
 grounding of every answer in its order record (recomputed here from the prompt text), the voice
 and fact judges on the SFT and preference data, RL totals and the CPT vocabulary split."""
 
