@@ -69,3 +69,36 @@ def test_merge_stage_refuses_a_different_tokenizer_and_a_missing_base(monkeypatc
         cli.run(["--stage", "merge", "--init", str(runs / "a"), "--with", str(other), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="--weights has 1 values for 2 runs"):
         merge(monkeypatch, runs, "bad2", "--weights", "1.0")
+
+
+def test_a_lora_run_enters_with_its_adapter_folded_in(monkeypatch, runs):
+    """--init a LoRA run on top of `a`: its weights are W + (alpha / r) * B @ A, written out here."""
+    from minipost import peft
+
+    model, _ = checkpoint.load_model(runs / "a")
+    peft.apply_lora(model, r=2, alpha=4, targets=("q_proj", "down_proj"))
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, peft.LoRALinear):
+                module.lora_B.normal_()
+    lora_dir = runs / "lora"
+    peft.save_adapter(model, lora_dir)
+    checkpoint.write_json({"model": model.cfg.to_dict(), "stage": "sft", "peft": "lora", "base": str(runs / "a")},
+                          lora_dir / "config.json")
+    shutil.copyfile(runs / "a" / "tokenizer.model", lora_dir / "tokenizer.model")
+
+    folded = weights(runs / "a")
+    for name, module in model.named_modules():
+        if isinstance(module, peft.LoRALinear):
+            folded[f"{name}.weight"] = (module.base.weight + 2.0 * module.lora_B @ module.lora_A).detach()
+    monkeypatch.setitem(cli.STAGES, "merge", ("merge", None))
+    cli.run(["--stage", "merge", "--init", str(lora_dir), "--with", str(runs / "b"), "--weights", "0.5", "0.5",
+             "--out", str(runs / "out-lora")])
+    want = merging.linear_merge([folded, weights(runs / "b")], [0.5, 0.5])
+    got = weights(runs / "out-lora")
+    assert sorted(got) == sorted(want)
+    assert all(torch.allclose(got[k], want[k], atol=1e-6, rtol=0) for k in want)
+    assert not torch.allclose(got["layers.0.attn.q_proj.weight"],
+                              merging.linear_merge([weights(runs / "a"), weights(runs / "b")], [0.5, 0.5])[
+                                  "layers.0.attn.q_proj.weight"])
