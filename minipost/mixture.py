@@ -20,7 +20,8 @@ documents are taken, in a seeded shuffled order, until their tokens T first reac
 
 Trained tokens, not all tokens, because the loss is a mean over trained tokens: F is then
 the share of the loss (and of its gradient) that comes from plain text, whatever the SFT
-mask mode. If the text runs out before T*, it is reused in a new shuffled order (another
+mask mode. (The test is T / (T + S) >= F - 1e-12, so float rounding of T* cannot
+add a document.) If the text runs out before T*, it is reused in a new shuffled order (another
 epoch over the text; stats["text_epochs"] says how many were started).
 """
 from __future__ import annotations
@@ -58,19 +59,22 @@ def mix_documents(sft_docs: Sequence[Document], text_docs: Sequence[Document], m
     if not 0.0 <= mix < 1.0:
         raise ValueError(f"the plain-text mix must be a fraction in [0, 1), got {mix}")
     sft_tokens = sum(trained_tokens(d) for d in sft_docs)
-    wanted = mix * sft_tokens / (1.0 - mix)
     lengths = [trained_tokens(d) for d in text_docs]
-    if wanted > 0 and sum(lengths) == 0:
+
+    def reached(text_tokens: int) -> bool:  # T / (T + S) >= F, i.e. T >= T*, up to float rounding
+        return sft_tokens == 0 or text_tokens / (text_tokens + sft_tokens) >= mix - 1e-12
+
+    if not reached(0) and sum(lengths) == 0:
         raise ValueError(f"a plain-text mix of {mix} needs text documents, got none with a trained token")
     chosen: list[Document] = []
     text_tokens, epochs = 0, 0
-    while text_tokens < wanted:
+    while not reached(text_tokens):
         # A new order for each pass over the text, from (seed, pass) alone.
         order = list(range(len(text_docs)))
         random.Random(seed * 1_000_003 + epochs).shuffle(order)
         epochs += 1
         for i in order:
-            if text_tokens >= wanted:
+            if reached(text_tokens):
                 break
             if lengths[i]:
                 chosen.append(text_docs[i])

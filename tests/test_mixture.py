@@ -54,8 +54,8 @@ def test_realized_fraction_is_within_one_document_of_the_target(sft_shape, text_
     T = sum(trained_tokens(d) for d in chosen)
     assert (stats["sft_tokens"], stats["text_tokens"]) == (S, T)
     assert docs[:len(sft)] == sft
-    if mix == 0:
-        assert T == 0
+    if not chosen:
+        assert mix <= 1e-12                                              # F = 0 (up to float rounding)
     else:
         last = trained_tokens(chosen[-1])
         assert fraction(T - last, S) < mix <= fraction(T, S) + 1e-12   # F is reached by the last document
@@ -103,3 +103,9 @@ def test_joint_mixture_masks_after_packing_token_by_token(small_tokenizer):
     flat_targets = [x for c in chunks for x in c[1]]
     assert flat_ids == [tok.bos_id, *tok.encode(texts[0])]
     assert flat_targets == [*tok.encode(texts[0]), tok.eos_id]
+
+
+def test_a_fraction_reached_exactly_stops_there():
+    # S = 1, F = 0.9: T* = 9 (9.000000000000002 in floats); one document of 9 gives 9 / 10 = F.
+    docs, stats = mix_documents([doc(1)], [doc(9)], 0.9, seed=0)
+    assert stats["text_tokens"] == 9 and stats["text_epochs"] == 1
