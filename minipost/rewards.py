@@ -125,3 +125,52 @@ def states_fact(reply: str, fact: str) -> bool:
         start = r.find(f, start + 1)
     return False
 
+
+def is_well_formed_reply(reply_text: str) -> bool:
+    """True if a generated reply (decoded text up to, not including, its closing <|end|>)
+    is non-empty and contains no chat control marker, i.e. the model neither produced an
+    empty turn nor ran on into another role's turn.
+    """
+    if not reply_text.strip():
+        return False
+    return not any(m in reply_text for m in ROLE_MARKERS)
+
+
+# ----------------------------------------------------------------------------- the gold judge
+# RLHF with a learned reward model (stages with --reward-model) optimises a proxy; these
+# judges, combined into one number, are the "gold" it is checked against (Gao et al. 2023,
+# "Scaling laws for reward model overoptimization": proxy reward up, gold reward down is
+# overoptimisation). The gold score is logged, never trained on.
+
+GOLD_WEIGHTS = {"fact": 0.5, "voice": 0.3, "ended": 0.2}
+
+
+def record_fact(record: dict) -> str:
+    """The fact a reply to `record` must state: record["meta"]["fact"] (SFT and preference
+    records of the built-in data), else "Total: $<answer>" for an RL record {"prompt", "answer"}."""
+    fact = record.get("meta", {}).get("fact") if isinstance(record.get("meta"), dict) else None
+    if isinstance(fact, str) and fact.strip():
+        return fact
+    if "answer" in record:
+        return f"Total: ${record['answer']}"
+    raise ValueError("gold_score: the record needs meta.fact (a string) or an 'answer', "
+                     f"got keys {sorted(record)}")
+
+
+def gold_score(reply: str, record: dict, ended: bool = True) -> float:
+    """The gold judge of a reply, in [0, 1]:
+
+        gold = 0.5 * states_fact(reply, fact) + 0.3 * is_shop_voice(reply)
+             + 0.2 * (ended and is_well_formed_reply(reply))
+
+    reply: the reply text (chat.reply_text); record: its prompt's record (record_fact says
+    which fact); ended: whether generation stopped at <|end|> (reply_text's second value).
+    Why these weights: the fact outweighs the voice, so a plain reply with the right fact
+    (0.7) beats a hallucination in the shop's voice (0.5), the order of both kinds of
+    preference pair in the data (voice pairs differ by 0.3, hallucination pairs by 0.5);
+    ending properly is the smallest term, a format requirement that cannot make up for
+    content, yet keeps a reply that runs on into another turn below one that stops.
+    """
+    w = GOLD_WEIGHTS
+    return (w["fact"] * states_fact(reply, record_fact(record)) + w["voice"] * is_shop_voice(reply)
+            + w["ended"] * (ended and is_well_formed_reply(reply)))

@@ -54,10 +54,11 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1,
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
 
 
-SCHEDULES = ("cosine", "rewarm", "constant")
+SCHEDULES = ("cosine", "rewarm", "constant", "infinite", "continue")
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "rewarm", min_ratio: float = 0.1) -> float:
+def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "rewarm", min_ratio: float = 0.1,
+          cooldown: float = 0.2) -> float:
     """Learning rate for 0-based `step` of `total`.
 
     rewarm:   linear warmup from 0 over `warmup` steps, then cosine decay to min_ratio*peak
@@ -65,13 +66,31 @@ def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "rewa
               decayed model is what Gupta et al. (2023) study).
     cosine:   cosine decay from the peak at step 0, no warmup (continue as if still warm).
     constant: the peak throughout.
+    infinite: warmup as rewarm, then the peak held constant, then a linear cooldown over the
+              last `cooldown` fraction of the steps, C = round(cooldown * total), down to
+              min_ratio*peak at the last step:
+                  lr = peak * (1 - (1 - min_ratio) * (step - (total - C) + 1) / C)
+              (the "infinite" / warmup-stable-decay schedule of Ibrahim et al. 2024 and
+              Hägele et al. 2024: the constant phase can be continued on new data without
+              re-warming; only a finished run is cooled down). Warmup wins if the two overlap.
+    continue: no warmup, min_ratio*peak throughout: with --lr the pretraining peak, this
+              continues at the LR pretraining ended with (Ibrahim et al. 2024's baseline for
+              continual pretraining without re-warming).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"--schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "constant":
         return peak
-    if schedule == "rewarm" and step < warmup:
+    if schedule == "continue":
+        return peak * min_ratio
+    if schedule in ("rewarm", "infinite") and step < warmup:
         return peak * (step + 1) / warmup
+    if schedule == "infinite":
+        if not 0.0 <= cooldown <= 1.0:
+            raise ValueError(f"cooldown must be a fraction in [0, 1], got {cooldown}")
+        n_cool = round(cooldown * total)
+        into = step - (total - n_cool) + 1  # 1 at the first cooldown step, n_cool at the last
+        return peak if into < 1 or n_cool == 0 else peak * (1 - (1 - min_ratio) * min(into, n_cool) / n_cool)
     start = warmup if schedule == "rewarm" else 0
     progress = min(1.0, (step - start) / max(1, total - start))
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
