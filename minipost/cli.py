@@ -21,6 +21,8 @@ STAGES: dict[str, tuple[str, str | None]] = {
     "grpo": ("rl", "sft"),
     "rloo": ("rl", "sft"),
     "ppo": ("ppo", "sft"),
+    "merge": ("merge", None),
+    "chat": ("chat", "sft"),
     "all": ("workflow", None),
 }
 # one line each for `python train.py --help`
@@ -34,6 +36,8 @@ STAGE_HELP = {
     "grpo": "GRPO: RL from verifiable rewards with group-relative advantages",
     "rloo": "RLOO: RL from verifiable rewards with a leave-one-out baseline",
     "ppo": "PPO with a learned critic (value head) and GAE",
+    "merge": "merge checkpoints: linear (WiSE-FT), task arithmetic or TIES",
+    "chat": "talk to a trained model (streaming, multi-turn; --prompt answers once)",
     "all": "the whole chain pretrain -> cpt -> sft -> rm -> dpo -> grpo, then the report",
 }
 PEFT_METHODS = tuple(m for m in METHODS if m != "probe")  # the probe is a stage of its own

@@ -39,6 +39,30 @@ def _check_doc(ids, targets, index=None) -> None:
         raise ValueError(f"{which}input_ids and targets must have the same length, got {len(ids)} and {len(targets)}")
 
 
+def text_document(tokens: Sequence[int], bos_id: int, eos_id: int) -> tuple[list[int], list[int]]:
+    """A plain text for (continual) pretraining: s = [bos] + tokens + [eos], every token
+    trained; returns (s[:-1], s[1:])."""
+    s = [bos_id, *tokens, eos_id]
+    return s[:-1], s[1:]
+
+
+def split_document(input_ids: Sequence[int], targets: Sequence[int], seq_len: int) -> list[tuple[list[int], list[int]]]:
+    """Cut an over-long pretraining/CPT document into chunks of at most seq_len positions.
+
+    Plain slicing at stride seq_len loses no target: with pre-shifted targets, the target
+    of a chunk's last position, targets[k*L - 1], is the token input_ids[k*L] that opens
+    the next chunk, so every (input, target) pair lands in exactly one chunk and the
+    token is still predicted once. (Cutting the token list s itself instead would need
+    windows of L + 1 tokens overlapping by one to get the same pairs.) What a chunk
+    loses is attention to the chunks before it: each chunk starts with fresh context.
+    """
+    _check_doc(input_ids, targets)
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    return [(list(input_ids[i:i + seq_len]), list(targets[i:i + seq_len]))
+            for i in range(0, len(input_ids), seq_len)]
+
+
 def truncate_sft(input_ids: Sequence[int], targets: Sequence[int], seq_len: int) -> tuple[list[int], list[int]]:
     """Shorten an SFT conversation to seq_len positions by cutting the tail (keep the start).
 

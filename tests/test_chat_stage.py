@@ -18,12 +18,6 @@ from minipost.stages.common import load_stage_model
 QUESTION = "where is my kettle"
 
 
-@pytest.fixture(autouse=True)
-def chat_stage(monkeypatch):
-    # The integrator registers the stage in cli.STAGES; the tests register it themselves.
-    monkeypatch.setitem(cli.STAGES, "chat", ("chat", "sft"))
-
-
 def save_run(d, model, tok):
     with torch.no_grad():  # large random weights: varied replies, not one token repeated
         for p in model.parameters():

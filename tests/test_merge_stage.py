@@ -21,7 +21,6 @@ def runs(tmp_path_factory, small_tokenizer):
 
 
 def merge(monkeypatch, root, out, *flags):
-    monkeypatch.setitem(cli.STAGES, "merge", ("merge", None))  # the registration cli.py carries
     return cli.run(["--stage", "merge", "--init", str(root / "a"), "--with", str(root / "b"),
                     "--out", str(root / out), *flags])
 
@@ -64,7 +63,6 @@ def test_merge_stage_refuses_a_different_tokenizer_and_a_missing_base(monkeypatc
     other = tmp_path / "other"
     shutil.copytree(runs / "b", other)
     (other / "tokenizer.model").write_bytes(b"not the same")
-    monkeypatch.setitem(cli.STAGES, "merge", ("merge", None))
     with pytest.raises(SystemExit, match="different tokenizer.model"):
         cli.run(["--stage", "merge", "--init", str(runs / "a"), "--with", str(other), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="--weights has 1 values for 2 runs"):
@@ -92,7 +90,6 @@ def test_a_lora_run_enters_with_its_adapter_folded_in(monkeypatch, runs):
     for name, module in model.named_modules():
         if isinstance(module, peft.LoRALinear):
             folded[f"{name}.weight"] = (module.base.weight + 2.0 * module.lora_B @ module.lora_A).detach()
-    monkeypatch.setitem(cli.STAGES, "merge", ("merge", None))
     cli.run(["--stage", "merge", "--init", str(lora_dir), "--with", str(runs / "b"), "--weights", "0.5", "0.5",
              "--out", str(runs / "out-lora")])
     want = merging.linear_merge([folded, weights(runs / "b")], [0.5, 0.5])

@@ -13,7 +13,7 @@ from minipost.config import preset
 from minipost.model import GPT
 from minipost.rm_reward import RewardModelScorer, TextFunctionScorer, held_out_stats
 from minipost.stages.reward import full_sequence, load_reward_model, reward_batch, score_pairs
-from minipost.stages.dpo import tokenize_pairs
+from minipost.data import tokenize_pairs
 from minipost.data import read_preferences
 
 SIGNOFF = "Happy shopping! - the Minimart team"

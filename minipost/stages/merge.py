@@ -32,7 +32,8 @@ from minipost.stages import common
 def add_args(p, stage):
     p.add_argument("--with", dest="merge_with", type=Path, action="append", default=[],
                    help="another run to merge with --init (repeatable)")
-    p.add_argument("--method", default="linear", choices=merging.METHODS)
+    p.add_argument("--method", default="linear", choices=merging.METHODS,
+                   help="linear (weighted mean; WiSE-FT with --base), task-arithmetic, or ties")
     p.add_argument("--weights", type=float, nargs="+", default=None,
                    help="one weight per merged run, --init first (default: linear 1/N each, otherwise 1 each)")
     p.add_argument("--base", type=Path, default=None,
