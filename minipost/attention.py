@@ -94,7 +94,8 @@ class Documents:
     def segments(self):
         """For rows whose doc ids never decrease: [(index [n, W], real [n, W])] per padded
         width W, index into the flattened [B * T] positions (B * T = a zero pad slot) of the
-        n documents of that width; None when some row's doc ids decrease."""
+        n documents of that width; "causal" when every row is one document; None when some
+        row's doc ids decrease."""
         if self._segments is None:
             self._segments = _segments(self.q_doc) if bool((self.q_doc[:, 1:] >= self.q_doc[:, :-1]).all()) else ()
         return self._segments or None
@@ -105,6 +106,8 @@ def _segments(doc: torch.Tensor):
     starts_doc = torch.ones_like(doc, dtype=torch.bool)
     starts_doc[:, 1:] = doc[:, 1:] != doc[:, :-1]
     starts = starts_doc.flatten().nonzero().squeeze(1)  # flat index where each document begins
+    if len(starts) == B:
+        return "causal"
     lengths = torch.diff(starts, append=starts.new_tensor([B * T]))
     widths = (lengths + SEGMENT_WIDTH - 1) // SEGMENT_WIDTH * SEGMENT_WIDTH
     groups = []
@@ -173,6 +176,8 @@ def attention(
         if documents.q_doc is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
         groups = documents.segments()
+        if groups == "causal":  # one document per row (e.g. an unpadded rollout row)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
         if groups is not None:
             return _attention_by_document(q, k, v, groups, scale)
     mask = documents.mask(tq, tk, n_prefix)
