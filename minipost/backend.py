@@ -90,3 +90,20 @@ def autocast(device: torch.device, n_params: int):
     if dtype is None or torch.is_autocast_enabled(device.type):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def frozen_weight(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight as a linear layer on x should use it: under autocast, a weight that is not
+    trained (LoRA's base, a frozen lm_head) is cast once and the copy reused until the
+    weight changes (its version counter moves: merging, loading). torch.autocast caches
+    casts only of weights that require grad, and re-casting the frozen ones at every call
+    measured 14% of a bf16 LoRA-SFT step at SmolLM2's shape. Costs a bf16 copy of them."""
+    if weight.requires_grad or not torch.is_autocast_enabled(x.device.type):
+        return weight
+    dtype = torch.get_autocast_dtype(x.device.type)
+    key = (weight.data_ptr(), weight._version, dtype)
+    hit = getattr(weight, "_autocast_copy", None)  # kept on the tensor: it dies with it
+    if hit is None or hit[0] != key:
+        hit = key, weight.detach().to(dtype)
+        weight._autocast_copy = hit
+    return hit[1]

@@ -197,7 +197,8 @@ class GPT(nn.Module):
         """hidden [..., d_model] -> logits [..., vocab] float32 (lm_head, in the autocast
         precision: under bf16 the largest matmul of a real model)."""
         with backend.autocast(hidden.device, self.base_params):
-            return self.lm_head(hidden).float()
+            weight = backend.frozen_weight(self.lm_head.weight, hidden)  # cast once when frozen
+            return F.linear(hidden, weight, self.lm_head.bias).float()
 
     def hidden_states(
         self,

@@ -201,3 +201,21 @@ def test_precision_choices(monkeypatch):
     assert backend.autocast_dtype(backend.AUTO_BF16_MIN_PARAMS) == torch.bfloat16
     with pytest.raises(ValueError, match="--precision"):
         backend.set_precision("fp16")
+
+
+def test_frozen_weight_cast_once_and_refreshed_when_the_weight_changes():
+    """LoRA's frozen base weight is cast to bf16 once under autocast; an in-place change
+    (merge, load) moves its version and the next call casts again."""
+    from minipost.peft.lora import LoRALinear
+
+    layer = LoRALinear(torch.nn.Linear(16, 8, bias=False), r=2, alpha=4)
+    x = torch.randn(3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = backend.frozen_weight(layer.base.weight, x)
+        assert first.dtype == torch.bfloat16 and backend.frozen_weight(layer.base.weight, x) is first
+        with torch.no_grad():
+            layer.base.weight.mul_(2.0)
+        y = layer(x)
+    assert backend.frozen_weight(layer.base.weight, x) is layer.base.weight  # outside autocast: as is
+    expected = x.double() @ layer.base.weight.double().T  # lora_B = 0: the base alone
+    assert (y.double() - expected).norm() <= 2.0 ** -7 * expected.norm()
