@@ -153,9 +153,11 @@ def main():
         model, ref = build(cfg, peft)
         base = model if peft == "none" else build(cfg, "none")[0]
         hf = to_llama(base, cfg)
+        backend.set_precision("fp32")  # the mapping check runs in float32 on both sides
         with torch.no_grad():
             probe = torch.randint(0, cfg.vocab_size, (1, 16))
             assert torch.allclose(base(probe), hf(input_ids=probe).logits, atol=1e-4), "weights did not map"
+        backend.set_precision(args.precision)
         if peft == "lora":
             targets_mods = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
             hf = get_peft_model(hf, LoraConfig(r=8, lora_alpha=16, target_modules=targets_mods, lora_dropout=0.0))
