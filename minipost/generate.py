@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from minipost import backend
 from minipost.model import KVCache
 
 
@@ -89,25 +90,28 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, stop_ids=(
 
     cache = KVCache(len(model.layers)) if use_cache else None
     step_ids, step_doc, step_pos = ids, doc_ids, positions
-    for t in range(max_new_tokens):
-        hidden = model.hidden_states(step_ids, doc_ids=step_doc, position_ids=step_pos, kv_cache=cache)
-        logits = model.logits(hidden[:, -1])  # [B, V] float32
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        tokens[:, t] = nxt
-        if with_logps:
-            picked = logits.gather(-1, nxt[:, None]).squeeze(-1) - logits.logsumexp(-1)
-            logps[:, t] = torch.where(done, 0.0, picked)
-        lengths += (~done).long()
-        done |= torch.isin(nxt, stop)
-        if done.all():
-            break
-        new_pos = positions[:, -1:] + 1 if t == 0 else step_pos[:, -1:] + 1
-        if use_cache:
-            step_ids, step_doc, step_pos = nxt[:, None], torch.ones_like(nxt)[:, None], new_pos
-        else:
-            step_ids = torch.cat([step_ids, nxt[:, None]], 1)
-            step_doc = torch.cat([step_doc, torch.ones_like(nxt)[:, None]], 1)
-            step_pos = torch.cat([step_pos, new_pos], 1)
+    # One autocast region for the whole loop (under --precision bf16): autocast keeps its
+    # bf16 copies of the weights until the region ends, so they are cast once, not per token.
+    with backend.autocast(device, model.base_params):
+        for t in range(max_new_tokens):
+            hidden = model.hidden_states(step_ids, doc_ids=step_doc, position_ids=step_pos, kv_cache=cache)
+            logits = model.logits(hidden[:, -1])  # [B, V] float32
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            tokens[:, t] = nxt
+            if with_logps:
+                picked = logits.gather(-1, nxt[:, None]).squeeze(-1) - logits.logsumexp(-1)
+                logps[:, t] = torch.where(done, 0.0, picked)
+            lengths += (~done).long()
+            done |= torch.isin(nxt, stop)
+            if done.all():
+                break
+            new_pos = positions[:, -1:] + 1 if t == 0 else step_pos[:, -1:] + 1
+            if use_cache:
+                step_ids, step_doc, step_pos = nxt[:, None], torch.ones_like(nxt)[:, None], new_pos
+            else:
+                step_ids = torch.cat([step_ids, nxt[:, None]], 1)
+                step_doc = torch.cat([step_doc, torch.ones_like(nxt)[:, None]], 1)
+                step_pos = torch.cat([step_pos, new_pos], 1)
     n = int(lengths.max()) if B else 0
     return Generation(tokens[:, :n], lengths, logps[:, :n])
