@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all data pretrain sft dpo rm grpo rloo ppo all bench clean
+.PHONY: setup test test-all data pretrain sft dpo rm grpo rloo ppo all bench bench-peers clean
 
 setup: $(STAMP)
 
@@ -53,3 +53,17 @@ bench: setup
 
 clean:
 	rm -rf out .pytest_cache .hypothesis
+
+# minipost's steps next to transformers + TRL + PEFT (bench/peers.py). Its own venv:
+# torch pinned FIRST (an unpinned one pulls a multi-GB CUDA build), then the peers.
+PEERS_VENV := .venv-peers
+$(PEERS_VENV)/.installed:
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install "torch==$(TORCH_VERSION)"
+	$(PEERS_VENV)/bin/python -m pip install -e . trl peft transformers
+	touch $@
+
+bench-peers: $(PEERS_VENV)/.installed
+	$(PEERS_VENV)/bin/python bench/peers.py --precision fp32
+	$(PEERS_VENV)/bin/python bench/peers.py --precision bf16

@@ -19,6 +19,17 @@ pad row still sees itself, which keeps the softmax finite), and plain causal att
 
 With `--kernels triton` the calls the fused kernel can serve (no cache, no global keys)
 go to `kernels.doc_attention`; everything else stays here, explicitly.
+
+Not computing what the mask removes. A `Documents` object describes one forward pass and is
+shared by every layer: the boolean mask is built once (not once per layer and decode step),
+and rows whose document ids never decrease (packed rows, right-padded batches) are split
+into their documents: each document is a contiguous run, and attention within it is plain
+causal attention. Documents are gathered into batches of equal padded width (a multiple of
+SEGMENT_WIDTH; the padding sits after each document, where the causal rule hides it from
+the real queries) and each batch runs causal SDPA, so the scores between documents, which
+the mask would throw away, are never computed. The result equals the masked path (tested).
+Grouped-query attention passes the kv heads to SDPA as they are (enable_gqa) instead of
+copying them once per query head.
 """
 from __future__ import annotations
 
@@ -53,6 +64,82 @@ def attention_mask(
     return visible
 
 
+SEGMENT_WIDTH = 32  # documents are padded to a multiple of this to share one SDPA call
+
+
+class Documents:
+    """The document structure of one forward pass, computed once and shared by all layers.
+
+    q_doc: [B, Tq] doc id of each query; k_doc: [B, Tk] of each key (cached keys first);
+    n_global: leading always-visible keys (prompt tuning). A layer's prefix-tuning keys come
+    on top (n_prefix): they are global too and sit before all others.
+    """
+
+    def __init__(self, q_doc: torch.Tensor | None, k_doc: torch.Tensor | None, n_global: int = 0):
+        self.q_doc, self.k_doc, self.n_global = q_doc, k_doc, n_global
+        self._masks: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._segments = None
+
+    def mask(self, tq: int, tk: int, n_prefix: int = 0) -> torch.Tensor:
+        """[B or 1, 1, Tq, Tk] visibility, Tk counting the n_prefix prefix keys."""
+        key = (tq, tk, n_prefix)
+        if key not in self._masks:
+            device = None if self.q_doc is None else self.q_doc.device
+            base = attention_mask(tq, tk - n_prefix, self.q_doc, self.k_doc, self.n_global, device=device)
+            if n_prefix:  # prefix keys are visible to every query
+                base = torch.cat([base.new_ones(*base.shape[:-1], n_prefix), base], dim=-1)
+            self._masks[key] = base
+        return self._masks[key]
+
+    def segments(self):
+        """For rows whose doc ids never decrease: [(index [n, W], real [n, W])] per padded
+        width W, index into the flattened [B * T] positions (B * T = a zero pad slot) of the
+        n documents of that width; "causal" when every row is one document; None when some
+        row's doc ids decrease."""
+        if self._segments is None:
+            self._segments = _segments(self.q_doc) if bool((self.q_doc[:, 1:] >= self.q_doc[:, :-1]).all()) else ()
+        return self._segments or None
+
+
+def _segments(doc: torch.Tensor):
+    B, T = doc.shape
+    starts_doc = torch.ones_like(doc, dtype=torch.bool)
+    starts_doc[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    starts = starts_doc.flatten().nonzero().squeeze(1)  # flat index where each document begins
+    if len(starts) == B:
+        return "causal"
+    lengths = torch.diff(starts, append=starts.new_tensor([B * T]))
+    widths = (lengths + SEGMENT_WIDTH - 1) // SEGMENT_WIDTH * SEGMENT_WIDTH
+    groups = []
+    for width in widths.unique().tolist():
+        pick = widths == width
+        offsets = torch.arange(width, device=doc.device)
+        real = offsets < lengths[pick][:, None]
+        index = torch.where(real, starts[pick][:, None] + offsets, B * T)
+        groups.append((index, real))
+    return groups
+
+
+def _attention_by_document(q, k, v, groups, scale):
+    """Causal SDPA within each document of (q, k, v) [B, H(_kv), T, D], see the docstring."""
+    B, H, T, D = q.shape
+
+    def flat_padded(x):  # [B, h, T, D] -> [B * T + 1, h, D], the last row a zero pad slot
+        x = x.transpose(1, 2).reshape(B * T, x.shape[1], D)
+        return torch.cat([x, x.new_zeros(1, *x.shape[1:])])
+
+    qf, kf, vf = flat_padded(q), flat_padded(k), flat_padded(v)
+    outs, where = [], []
+    for index, real in groups:
+        o = F.scaled_dot_product_attention(qf[index].transpose(1, 2), kf[index].transpose(1, 2),
+                                           vf[index].transpose(1, 2), is_causal=True, scale=scale,
+                                           enable_gqa=True)  # [n, H, W, D]
+        outs.append(o.transpose(1, 2)[real])  # [n_real, H, D]
+        where.append(index[real])
+    order = torch.cat(where).argsort()  # the documents partition the positions
+    return torch.cat(outs)[order].view(B, T, H, D).transpose(1, 2)
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -62,25 +149,37 @@ def attention(
     k_doc: torch.Tensor | None = None,
     n_global: int = 0,
     scale: float | None = None,
+    documents: Documents | None = None,
+    n_prefix: int = 0,
 ) -> torch.Tensor:
     """q: [B, H, Tq, D]; k, v: [B, H_kv, Tk, D] with H_kv dividing H (grouped-query
     attention: query head h reads kv head h // (H // H_kv)). Returns o [B, H, Tq, D].
+
+    The document structure comes as q_doc/k_doc/n_global or, from the model, as a shared
+    `documents`; n_prefix: how many of the first keys are this layer's prefix-tuning keys.
     """
+    if documents is None:
+        documents = Documents(q_doc, k_doc, n_global)
     tq, tk = q.shape[2], k.shape[2]
+    n_global = documents.n_global + n_prefix
     if backend.triton_enabled() and tq == tk and n_global == 0:
         from kernels.doc_attention import doc_attention
 
-        doc_ids = q_doc if q_doc is not None else torch.zeros(q.shape[0], tq, dtype=torch.long, device=q.device)
+        doc_ids = documents.q_doc
+        if doc_ids is None:
+            doc_ids = torch.zeros(q.shape[0], tq, dtype=torch.long, device=q.device)
         return doc_attention(q, k, v, doc_ids, scale=scale)
 
-    group = q.shape[1] // k.shape[1]
-    if group > 1:
-        k = k.repeat_interleave(group, dim=1)
-        v = v.repeat_interleave(group, dim=1)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    if q_doc is None and n_global == 0 and tq == tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    mask = attention_mask(tq, tk, q_doc, k_doc, n_global, device=q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if n_global == 0 and tq == tk:
+        if documents.q_doc is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        groups = documents.segments()
+        if groups == "causal":  # one document per row (e.g. an unpadded rollout row)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        if groups is not None:
+            return _attention_by_document(q, k, v, groups, scale)
+    mask = documents.mask(tq, tk, n_prefix)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 

@@ -76,6 +76,9 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", help="model preset for a model built from scratch (tiny, small, base)")
     p.add_argument("--kernels", default="auto", choices=("auto", "torch", "triton"),
                    help="attention/LoRA kernels (auto: triton on CUDA)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="matmul precision: bf16 autocast (float32 weights, optimizer, losses, log-probs), fp32, "
+                        "or auto = bf16 for models of 20M+ parameters on a CPU with AVX512-BF16/AMX or a bf16 GPU, else fp32")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--log-every", type=int, default=10, help="progress-bar and throughput update every N steps")
     p.add_argument("--eval-every", type=int, default=0, help="held-out eval every N steps (0: only at the end)")
@@ -190,4 +193,5 @@ def run(argv: list[str]) -> dict:
     from minipost import backend
 
     backend.set_kernels(args.kernels, args.device)
+    backend.set_precision(args.precision, args.device)
     return stage_module(args.stage).run(args)

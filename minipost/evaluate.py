@@ -26,7 +26,8 @@ def greedy_replies(model, tok, prompts: list[list[dict]], max_new_tokens: int = 
     out = []
     for i in range(0, len(prompts), batch_size):
         ids = [generation_prompt(m, tok) for m in prompts[i: i + batch_size]]
-        gen = generate(model, ids, max_new_tokens, stop_ids=[tok.end_id, tok.eos_id], pad_id=tok.pad_id)
+        gen = generate(model, ids, max_new_tokens, stop_ids=[tok.end_id, tok.eos_id], pad_id=tok.pad_id,
+                       with_logps=False)  # the replies are scored on their text
         for row, n in zip(gen.tokens.tolist(), gen.lengths.tolist()):
             out.append(reply_text(row[:n], tok))
     model.train(was_training)

@@ -8,6 +8,9 @@ only, so a padded row computes exactly what it would alone.
 
 With the cache, each step runs the model on one new token per row and attends to the
 stored keys/values: O(T) work per token instead of re-running the whole prefix, O(T^2).
+Only the last position of each step goes through lm_head (the prefill's other positions
+predict tokens we already have), and the sampled token's log-prob is its logit minus the
+logsumexp (no [B, V] log_softmax), skipped altogether with with_logps=False (evaluation).
 
 Sampling: greedy (temperature 0), or softmax(logits / temperature) restricted to the
 top_k most likely tokens and/or the smallest set whose probability reaches top_p
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from minipost import backend
 from minipost.model import KVCache
 
 
@@ -27,6 +31,7 @@ class Generation:
     tokens: torch.Tensor  # [B, N] generated ids, pad_id after a row stopped
     lengths: torch.Tensor  # [B] generated tokens per row, the stop token included
     logps: torch.Tensor  # [B, N] log p(token) under the model (temperature 1), 0 after the end
+    #                      (all 0 when generate ran with with_logps=False)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device=None):
@@ -67,7 +72,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, stop_ids=(), pad_id: int = 0,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-             generator: torch.Generator | None = None, use_cache: bool = True) -> Generation:
+             generator: torch.Generator | None = None, use_cache: bool = True,
+             with_logps: bool = True) -> Generation:
     """Continue each prompt (a list of token ids) by up to max_new_tokens tokens.
 
     A row stops after emitting any id in stop_ids. use_cache=False re-runs the full
@@ -84,22 +90,28 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, stop_ids=(
 
     cache = KVCache(len(model.layers)) if use_cache else None
     step_ids, step_doc, step_pos = ids, doc_ids, positions
-    for t in range(max_new_tokens):
-        logits = model(step_ids, doc_ids=step_doc, position_ids=step_pos, kv_cache=cache)[:, -1]
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        tokens[:, t] = nxt
-        logps[:, t] = torch.where(done, 0.0, logits.log_softmax(-1).gather(-1, nxt[:, None]).squeeze(-1))
-        lengths += (~done).long()
-        done |= torch.isin(nxt, stop)
-        if done.all():
-            break
-        new_pos = positions[:, -1:] + 1 if t == 0 else step_pos[:, -1:] + 1
-        if use_cache:
-            step_ids, step_doc, step_pos = nxt[:, None], torch.ones_like(nxt)[:, None], new_pos
-        else:
-            step_ids = torch.cat([step_ids, nxt[:, None]], 1)
-            step_doc = torch.cat([step_doc, torch.ones_like(nxt)[:, None]], 1)
-            step_pos = torch.cat([step_pos, new_pos], 1)
+    # One autocast region for the whole loop (under --precision bf16): autocast keeps its
+    # bf16 copies of the weights until the region ends, so they are cast once, not per token.
+    with backend.autocast(device, model.base_params):
+        for t in range(max_new_tokens):
+            hidden = model.hidden_states(step_ids, doc_ids=step_doc, position_ids=step_pos, kv_cache=cache)
+            logits = model.logits(hidden[:, -1])  # [B, V] float32
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            tokens[:, t] = nxt
+            if with_logps:
+                picked = logits.gather(-1, nxt[:, None]).squeeze(-1) - logits.logsumexp(-1)
+                logps[:, t] = torch.where(done, 0.0, picked)
+            lengths += (~done).long()
+            done |= torch.isin(nxt, stop)
+            if done.all():
+                break
+            new_pos = positions[:, -1:] + 1 if t == 0 else step_pos[:, -1:] + 1
+            if use_cache:
+                step_ids, step_doc, step_pos = nxt[:, None], torch.ones_like(nxt)[:, None], new_pos
+            else:
+                step_ids = torch.cat([step_ids, nxt[:, None]], 1)
+                step_doc = torch.cat([step_doc, torch.ones_like(nxt)[:, None]], 1)
+                step_pos = torch.cat([step_pos, new_pos], 1)
     n = int(lengths.max()) if B else 0
     return Generation(tokens[:, :n], lengths, logps[:, :n])

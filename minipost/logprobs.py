@@ -82,7 +82,7 @@ def scored_logits(model, input_ids: torch.Tensor, targets: torch.Tensor, **forwa
     """
     hidden = model.hidden_states(input_ids, **forward_kwargs)
     scored = targets != IGNORE_INDEX
-    return model.lm_head(hidden[scored]).float()[None], targets[scored][None]
+    return model.logits(hidden[scored])[None], targets[scored][None]
 
 
 def model_sequence_logps(model, input_ids: torch.Tensor, targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:

@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minipost.attention import attention
+from minipost import backend
+from minipost.attention import Documents, attention
 from minipost.config import GPTConfig
 
 
@@ -97,7 +98,7 @@ class Attention(nn.Module):
         # Prefix tuning sets this to a module returning (k, v), each [B, n_kv_head, P, head_dim].
         self.prefix: nn.Module | None = None
 
-    def forward(self, x, cos, sin, q_doc, k_doc, n_global, kv_cache: KVCache | None):
+    def forward(self, x, cos, sin, documents: Documents, kv_cache: KVCache | None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -105,14 +106,13 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer_index, k, v)
+        n_prefix = 0
         if self.prefix is not None:
             # Learned keys/values are not tokens: no position, no rotation, visible to all.
             pk, pv = self.prefix(B)
             k, v = torch.cat([pk.to(k.dtype), k], dim=2), torch.cat([pv.to(v.dtype), v], dim=2)
-            if k_doc is not None:  # without doc ids the causal rule alone already shows them
-                k_doc = torch.cat([k_doc.new_full((B, pk.shape[2]), -1), k_doc], dim=1)
-            n_global += pk.shape[2]
-        o = attention(q, k, v, q_doc=q_doc, k_doc=k_doc, n_global=n_global)
+            n_prefix = pk.shape[2]
+        o = attention(q, k, v, documents=documents, n_prefix=n_prefix)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -135,8 +135,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, q_doc, k_doc, n_global, kv_cache):
-        x = x + self.attn(self.attn_norm(x), cos, sin, q_doc, k_doc, n_global, kv_cache)
+    def forward(self, x, cos, sin, documents, kv_cache):
+        x = x + self.attn(self.attn_norm(x), cos, sin, documents, kv_cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -163,6 +163,8 @@ class GPT(nn.Module):
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=cfg.d_model ** -0.5)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        # The base model's size decides `--precision auto` (backend.autocast_dtype).
+        self.base_params = self.num_parameters()
 
     @staticmethod
     def _init_weights(module):
@@ -188,8 +190,15 @@ class GPT(nn.Module):
         """
         hidden = self.hidden_states(input_ids, inputs_embeds=inputs_embeds, doc_ids=doc_ids,
                                     position_ids=position_ids, kv_cache=kv_cache)
-        logits = self.lm_head(hidden).float()
+        logits = self.logits(hidden)
         return (logits, hidden) if return_hidden else logits
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., d_model] -> logits [..., vocab] float32 (lm_head, in the autocast
+        precision: under bf16 the largest matmul of a real model)."""
+        with backend.autocast(hidden.device, self.base_params):
+            weight = backend.frozen_weight(self.lm_head.weight, hidden)  # cast once when frozen
+            return F.linear(hidden, weight, self.lm_head.bias).float()
 
     def hidden_states(
         self,
@@ -203,7 +212,10 @@ class GPT(nn.Module):
         """The final normed hidden states [B, T, d_model], without the vocabulary projection
         (same arguments as forward). Callers that need logits at a few positions only (SFT
         trains ~17% of its tokens) or none at all (a reward model) project just those rows
-        with lm_head: the [B, T, vocab] logits are the costliest tensor of a small model.
+        with GPT.logits: the [B, T, vocab] logits are the costliest tensor of a small model.
+
+        Under `--precision bf16` the layers run inside torch.autocast (backend.autocast):
+        matmuls in bf16, the residual stream, norms and returned states in float32.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -232,8 +244,10 @@ class GPT(nn.Module):
             kv_cache.next_pos = position_ids[:, -1] + 1
 
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
-        for layer in self.layers:
-            x = layer(x, cos, sin, doc_ids, k_doc, n_global, kv_cache)
+        documents = Documents(doc_ids, k_doc, n_global)  # the mask is built once, not per layer
+        with backend.autocast(x.device, self.base_params):
+            for layer in self.layers:
+                x = layer(x, cos, sin, documents, kv_cache)
         return self.norm(x)[:, n_virtual:]
 
     def num_parameters(self) -> int:

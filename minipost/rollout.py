@@ -43,7 +43,6 @@ from minipost.chat import generation_prompt, reply_text
 from minipost.generate import generate, left_pad
 from minipost.logprobs import token_logps
 from minipost.model import KVCache
-from minipost.losses import IGNORE_INDEX
 from minipost.seeding import rng
 
 
@@ -156,31 +155,28 @@ def completion_logps(model, ro: Rollout, return_hidden: bool = False, share_prom
     share_prompt=False always takes the plain pass (the reference for that test).
     """
     P = ro.prompt_width
-    targets = torch.where(ro.mask, ro.completions, torch.full_like(ro.completions, IGNORE_INDEX))
     prompts, inverse = torch.unique(ro.sequences[:, :P], dim=0, return_inverse=True)
     if not share_prompt or len(prompts) == len(ro.texts):  # nothing shared: one plain pass over the full rows
-        out = model(ro.sequences[:, :-1], doc_ids=ro.doc_ids[:, :-1], position_ids=ro.position_ids[:, :-1],
-                    return_hidden=return_hidden)
-        logits, hidden = out if return_hidden else (out, None)
-        logits, hidden = logits[:, P - 1:], None if hidden is None else hidden[:, P - 1:]
+        hidden = model.hidden_states(ro.sequences[:, :-1], doc_ids=ro.doc_ids[:, :-1],
+                                     position_ids=ro.position_ids[:, :-1])[:, P - 1:]
     else:
         first = torch.full((len(prompts),), len(ro.texts), device=inverse.device).scatter_reduce(
             0, inverse, torch.arange(len(ro.texts), device=inverse.device), reduce="amin")
         cache = KVCache(len(model.layers))
-        out = model(ro.sequences[first, :P], doc_ids=ro.doc_ids[first, :P], position_ids=ro.position_ids[first, :P],
-                    kv_cache=cache, return_hidden=return_hidden)
-        logits, hidden = out if return_hidden else (out, None)
-        logits, hidden = logits[inverse, -1:], None if hidden is None else hidden[inverse, -1:]
+        hidden = model.hidden_states(ro.sequences[first, :P], doc_ids=ro.doc_ids[first, :P],
+                                     position_ids=ro.position_ids[first, :P], kv_cache=cache)[inverse, -1:]
         cache.k = [k[inverse] for k in cache.k]
         cache.v = [v[inverse] for v in cache.v]
         cache.doc_ids, cache.next_pos = cache.doc_ids[inverse], cache.next_pos[inverse]
         if ro.sequences.shape[1] - 1 > P:  # the rest of each completion, against its copy of the cache
-            out = model(ro.sequences[:, P:-1], doc_ids=ro.doc_ids[:, P:-1], position_ids=ro.position_ids[:, P:-1],
-                        kv_cache=cache, return_hidden=return_hidden)
-            more, more_hidden = out if return_hidden else (out, None)
-            logits = torch.cat([logits, more], 1)
-            hidden = None if hidden is None else torch.cat([hidden, more_hidden], 1)
-    logps = token_logps(logits, targets)
+            more = model.hidden_states(ro.sequences[:, P:-1], doc_ids=ro.doc_ids[:, P:-1],
+                                       position_ids=ro.position_ids[:, P:-1], kv_cache=cache)
+            hidden = torch.cat([hidden, more], 1)
+    # Only the scored tokens (through the first stop) go through lm_head: the [N, C, V]
+    # logits of the padding after a stop would be thrown away (as logprobs.scored_logits).
+    logits = model.logits(hidden[ro.mask])  # [n_scored, V] float32
+    logps = torch.zeros(ro.mask.shape, dtype=logits.dtype, device=logits.device)
+    logps[ro.mask] = token_logps(logits[None], ro.completions[ro.mask][None])[0]
     return (logps, hidden) if return_hidden else logps
 
 

@@ -33,6 +33,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from minipost import backend
 from minipost.peft.nf4 import NF4Linear
@@ -73,9 +74,14 @@ class LoRALinear(nn.Module):
         """scaling * B A [out, in], the update the branch adds to W0."""
         return self.scaling * (self.lora_B @ self.lora_A)
 
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.base, NF4Linear):
+            return self.base(x)
+        return F.linear(x, backend.frozen_weight(self.base.weight, x), self.base.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged or self.disabled:
-            return self.base(x)
+            return self._base(x)
         dropout_active = self.training and isinstance(self.dropout, nn.Dropout)
         fusable = self.quantize is None and self.base.bias is None and not dropout_active
         if backend.triton_enabled() and fusable:
@@ -85,7 +91,7 @@ class LoRALinear(nn.Module):
         # The reference path: also the fallback for what the fused kernel cannot do
         # (dropout on the branch input in training, an NF4 base, a bias).
         A, B = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
-        return self.base(x) + self.scaling * (self.dropout(x) @ A.T @ B.T)
+        return self._base(x) + self.scaling * (self.dropout(x) @ A.T @ B.T)
 
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, merged={self.merged}"

@@ -138,11 +138,12 @@ def dequantize_scales(q: NF4Tensor) -> torch.Tensor:
     return c2.reshape(-1)[:n_blocks] + q.scale_mean.float()
 
 
-def dequantize_nf4(q: NF4Tensor) -> torch.Tensor:
-    """NF4Tensor -> float32 weight of shape q.shape: W'_i = NF4[code_i] * c'_block(i)."""
+def dequantize_nf4(q: NF4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """NF4Tensor -> weight of shape q.shape in dtype: W'_i = NF4[code_i] * c'_block(i).
+    The product is taken in float32 and rounded once to dtype (bf16 under autocast)."""
     codes = torch.stack([q.packed >> 4, q.packed & 0xF], dim=1).reshape(-1).long()
     levels = torch.tensor(NF4_LEVELS, device=q.packed.device)
-    values = levels[codes].view(-1, q.block_size) * dequantize_scales(q)[:, None]
+    values = (levels[codes].view(-1, q.block_size) * dequantize_scales(q)[:, None]).to(dtype)
     return values.reshape(-1)[: q.numel].view(q.shape)
 
 
@@ -150,7 +151,8 @@ class NF4Linear(nn.Module):
     """A frozen nn.Linear whose weight is stored in NF4 and dequantized at every forward.
 
     forward: x [..., in] -> x W'ᵀ + bias [..., out], W' = dequantize_nf4(weight), computed in
-    x's dtype. The codes and scales are buffers (not parameters): they are never trained.
+    x's dtype, or in the autocast dtype inside an autocast region (`--precision bf16`: the
+    weight is dequantized straight into bf16, never held in float32). The codes and scales are buffers (not parameters): they are never trained.
     """
 
     def __init__(self, linear: nn.Linear, double_quant: bool = False):
@@ -172,12 +174,15 @@ class NF4Linear(nn.Module):
         """The number of weights stored (each as half a byte)."""
         return math.prod(self.shape)
 
-    def dequantized_weight(self) -> torch.Tensor:
-        return dequantize_nf4(self.quantized())
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_nf4(self.quantized(), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantized_weight().to(x.dtype), bias)
+        dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.linear(x.to(dtype), self.dequantized_weight(dtype), bias)
 
     def extra_repr(self) -> str:
         dq = ", double_quant" if getattr(self, "absmax_fp8", None) is not None else ""

@@ -5,6 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from minipost.attention import Documents
 from minipost.config import preset
 from minipost.model import GPT, KVCache, rope_cos_sin
 from minipost.peft import apply_prefix, trainable_parameters
@@ -73,7 +74,7 @@ def test_layer_attention_equals_reference_with_packed_documents():
     doc_ids = torch.tensor([[0, 0, 0, 1, 1, 2, 2], [4, 4, 4, 4, 4, 4, 4]])
     positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1], [0, 1, 2, 3, 4, 5, 6]])
     cos, sin = rope_cos_sin(positions, attn.head_dim, model.cfg.rope_theta)
-    got = attn(x, cos, sin, doc_ids, doc_ids, 0, None)
+    got = attn(x, cos, sin, Documents(doc_ids, doc_ids, 0), None)
     expected = reference_attention_layer(attn, x, doc_ids, positions, attn.prefix.key.detach(),
                                          attn.prefix.value.detach(), model.cfg.rope_theta)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,105 @@
+"""Training-step throughput and model-FLOPs utilisation (MFU), float32 vs bf16 autocast.
+
+Times SFT, DPO and GRPO steps (bench/steps.py: what each step contains and how its FLOPs
+are counted) on the built-in model and on SmolLM2-135M's shape (random weights), full
+training and LoRA, and generation, against the peak this script measures itself: a
+2048 x 2048 x 2048 matmul in each dtype on the same threads. Prints a markdown table.
+
+    python bench/throughput.py [--shapes builtin,smollm2] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
+from steps import SMOLLM2, STEPS, batch, build, step_flops  # noqa: E402
+
+from minipost import backend  # noqa: E402
+from minipost.config import preset  # noqa: E402
+from minipost.generate import generate  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def peak_flops(dtype, n=2048, repeats=5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / min(times)
+
+
+def time_it(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times), statistics.median(times)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="builtin,smollm2")
+    p.add_argument("--kinds", default="sft,dpo,grpo")
+    p.add_argument("--pefts", default="none,lora")
+    p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--batch", type=int, default=4, help="rows (DPO: pairs, so twice the rows)")
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--smollm2-layers", type=int, default=30, help="fewer layers for a quicker run")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    peaks = {name: peak_flops(dt) for name, dt in DTYPES.items()}
+    print(f"peak (2048^3 matmul, {args.threads} thread): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s\n")
+    shapes = {"builtin": preset("small", 3072), "smollm2": SMOLLM2}
+    print("| shape | step | train | precision | s/step (min / median) | tokens/s | GFLOP/s | MFU vs own-dtype peak | MFU vs bf16 peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for shape in args.shapes.split(","):
+        cfg = shapes[shape]
+        if shape == "smollm2":
+            cfg = type(cfg)(**{**cfg.__dict__, "n_layer": args.smollm2_layers})
+        for peft in args.pefts.split(","):
+            model, ref = build(cfg, peft)
+            opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5)
+            for kind in args.kinds.split(","):
+                rows = args.batch * (2 if kind == "dpo" else 1)
+                ids, targets = batch(cfg, rows, args.seq)
+                flops = step_flops(model, cfg, kind, peft, args.batch, args.seq)
+                for prec in args.precisions.split(","):
+                    backend.set_precision(prec)
+
+                    def step():
+                        STEPS[kind](model, ref, ids, targets)
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+
+                    best, med = time_it(step, args.repeats)
+                    print(f"| {shape} (L={cfg.n_layer}) | {kind} | {peft} | {prec} | {best:.3f} / {med:.3f} | "
+                          f"{rows * args.seq / best:,.0f} | {flops / best / 1e9:.1f} | "
+                          f"{flops / best / peaks[prec]:.1%} | {flops / best / peaks['bf16']:.1%} |", flush=True)
+            if peft == "none":
+                model.eval()
+                prompts = [list(range(1, 65))] * args.batch
+                for prec in args.precisions.split(","):
+                    backend.set_precision(prec)
+                    best, med = time_it(lambda: generate(model, prompts, 32), args.repeats)
+                    print(f"| {shape} (L={cfg.n_layer}) | generate {args.batch}x(64+32) | - | {prec} | "
+                          f"{best:.3f} / {med:.3f} | {args.batch * 32 / best:,.0f} new | - | - | - |", flush=True)
+    backend.set_precision("fp32")
+
+
+if __name__ == "__main__":
+    main()
