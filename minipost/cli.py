@@ -20,6 +20,7 @@ STAGES: dict[str, tuple[str, str | None]] = {
     "rloo": ("rl", "sft"),
     "ppo": ("ppo", "sft"),
     "all": ("workflow", None),
+    "export": ("export", None),
 }
 PEFT_METHODS = ("none", "lora", "qlora", "prefix", "prompt", "adapter")
 OUT_ROOT = Path("out")
@@ -33,7 +34,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train.py", description=f"minipost: run the {stage!r} stage")
     p.add_argument("--stage", required=True, choices=list(STAGES))
     p.add_argument("--out", type=Path, default=None, help="output directory (default out/STAGE)")
-    p.add_argument("--init", type=Path, default=None, help="checkpoint to start from (default: the previous stage's output)")
+    p.add_argument("--init", type=Path, default=None, help="checkpoint to start from (default: the previous stage's output); also "
+                   "smollm2, FILE.gguf or a Hugging Face Llama directory")
     p.add_argument("--steps", type=int, help="optimizer steps")
     p.add_argument("--batch-size", type=int, help="examples (or rows) per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -91,7 +93,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def ensure_stage_output(args: argparse.Namespace) -> None:
     """If --init is the default output of an earlier stage and it is missing, build it."""
     init = args.init
-    if init is None or (Path(init) / "config.json").is_file():
+    from minipost.pretrained import is_pretrained_source
+
+    if init is None or (Path(init) / "config.json").is_file() or is_pretrained_source(init):
         return
     upstream = STAGES[args.stage][1]
     if upstream is None or Path(init).resolve() != (OUT_ROOT / upstream).resolve():

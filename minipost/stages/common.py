@@ -2,20 +2,21 @@
 apply PEFT, save (model or adapter, config, tokenizer, resume state), write eval.json.
 
 A checkpoint directory is self-contained: model.safetensors (or adapter.safetensors +
-adapter.json on top of the base named in config.json), config.json and tokenizer.model.
+adapter.json on top of the base named in config.json), config.json and tokenizer.model
+(a real model's run: tokenizer.json, tokenizer_config.json and template.json). --init may
+also name a real model ("smollm2", FILE.gguf, a Hugging Face directory; minipost/pretrained.py).
 """
 from __future__ import annotations
 
 import json
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from minipost import checkpoint, distributed
+from minipost import checkpoint, distributed, pretrained
 from minipost.tokenizer import Tokenizer
 from minipost.training import LoopConfig, MetricsLog
 
@@ -25,7 +26,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_tokenizer(ckpt_dir: str | Path) -> Tokenizer:
+def load_tokenizer(ckpt_dir: str | Path):
+    """The run's own tokenizer: tokenizer.model (minipost's) or tokenizer.json (a real model's)."""
+    if (Path(ckpt_dir) / "tokenizer.json").is_file():
+        from minipost.hf_tokenizer import HFTokenizer
+
+        return HFTokenizer.from_dir(ckpt_dir)
     return Tokenizer(Path(ckpt_dir) / "tokenizer.model")
 
 
@@ -36,6 +42,9 @@ def load_stage_model(ckpt_dir: str | Path, device="cpu"):
     from ordinary weights (and may put its own adapter on top). Other PEFT outputs are
     not merged into weights; chain stages from a full or LoRA checkpoint instead.
     """
+    if pretrained.is_pretrained_source(ckpt_dir):  # "smollm2", FILE.gguf, a Hugging Face directory
+        model, tok = pretrained.load_pretrained(ckpt_dir)
+        return model.train().to(device), tok, {"base": pretrained.base_reference(ckpt_dir)}
     ckpt_dir = Path(ckpt_dir)
     info = checkpoint.read_json(ckpt_dir / "config.json")
     if (ckpt_dir / "model.safetensors").is_file():
@@ -132,7 +141,7 @@ def count_trainable(model) -> tuple[int, int]:
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def save_stage(model, tokenizer: Tokenizer, args, optimizer=None, step: int | None = None, **info) -> None:
+def save_stage(model, tokenizer, args, optimizer=None, step: int | None = None, **info) -> None:
     """Write the stage's checkpoint into args.out (and the resume state if an optimizer is given).
     Under torchrun only rank 0 writes: the ranks hold identical weights."""
     if not distributed.is_main():
@@ -140,7 +149,7 @@ def save_stage(model, tokenizer: Tokenizer, args, optimizer=None, step: int | No
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"stage": args.stage, "seed": args.seed, "peft": args.peft,
-              "base": str(args.init) if args.init is not None else None, **info}
+              "base": pretrained.base_reference(args.init) if args.init is not None else None, **info}
     if args.peft != "none":
         from minipost import peft
 
@@ -148,10 +157,7 @@ def save_stage(model, tokenizer: Tokenizer, args, optimizer=None, step: int | No
         checkpoint.write_json({"model": model.cfg.to_dict(), **config}, out / "config.json")
     else:
         checkpoint.save_model(model, out, **config)
-    if Path(tokenizer.path).resolve() != (out / "tokenizer.model").resolve():
-        tmp = out / ".tokenizer.model.tmp"
-        shutil.copyfile(tokenizer.path, tmp)
-        tmp.replace(out / "tokenizer.model")
+    tokenizer.save(out)  # the run loads on its own: tokenizer.model, or tokenizer.json + template.json
     if optimizer is not None:
         checkpoint.save_train_state(out, optimizer, {"step": step})
 
