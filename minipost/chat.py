@@ -35,6 +35,7 @@ The three are nested: prompt ⊂ template ⊂ none.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 IGNORE_INDEX = -100  # docs/DESIGN.md §2: "no loss here"
@@ -61,27 +62,98 @@ def validate_messages(messages) -> None:
             raise ValueError(f"messages[{i}]: content must be a string, got {type(m['content']).__name__}")
 
 
-def _role_id(tokenizer, role: str) -> int:
-    return {"system": tokenizer.system_id, "user": tokenizer.user_id, "assistant": tokenizer.assistant_id}[role]
+@dataclass
+class Template:
+    """A chat format, as the pieces chat.py's one rendering loop puts together (DESIGN §12).
+
+    A message of role r renders as
+
+        role_open[r] (special token text, inserted by id) + role_header[r] (text)
+        + content (text) + end (special token text, by id) + after_end (text)
+
+    minipost's own:  "<|user|>" + "\\n" + content + "<|end|>" + "\\n"; bos first.
+    ChatML (SmolLM2): "<|im_start|>" + "user\\n" + content + "<|im_end|>" + "\\n"; no bos,
+    and `default_system` is put first when a conversation has no system message.
+    The scaffolding ("template" mask mode leaves it untrained) is role_open, role_header and
+    after_end; `end` goes with the content it closes.
+    """
+
+    name: str
+    role_open: dict[str, str]
+    role_header: dict[str, str]
+    end: str
+    after_end: str = "\n"
+    bos: bool = True
+    default_system: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Template":
+        return cls(**d)
+
+    def to_jinja(self) -> str:
+        """The same format as a Jinja chat template (transformers' apply_chat_template)."""
+        q = _jinja_str
+        out = "{{ bos_token }}" if self.bos else ""
+        if self.default_system is not None:
+            first = self.role_open["system"] + self.role_header["system"] + self.default_system + self.end + self.after_end
+            out += "{% if messages[0]['role'] != 'system' %}{{ " + q(first) + " }}{% endif %}"
+        out += "{% for message in messages %}"
+        for k, role in enumerate(ROLES):
+            out += ("{% if " if k == 0 else "{% elif ") + f"message['role'] == {q(role)} %}}"
+            out += "{{ " + q(self.role_open[role] + self.role_header[role]) + " }}"
+        out += "{% endif %}{{ message['content'] + " + q(self.end + self.after_end) + " }}{% endfor %}"
+        gen = self.role_open["assistant"] + self.role_header["assistant"]
+        return out + "{% if add_generation_prompt %}{{ " + q(gen) + " }}{% endif %}"
+
+
+def _jinja_str(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+MINIPOST_TEMPLATE = Template("minipost", role_open={r: f"<|{r}|>" for r in ROLES},
+                             role_header={r: "\n" for r in ROLES}, end="<|end|>", bos=True)
+
+
+def chatml_template(default_system: str | None) -> Template:
+    return Template("chatml", role_open={r: "<|im_start|>" for r in ROLES},
+                    role_header={r: f"{r}\n" for r in ROLES}, end="<|im_end|>", bos=False,
+                    default_system=default_system)
+
+
+def _template(tokenizer) -> Template:
+    template = getattr(tokenizer, "template", None)
+    if template is None:
+        raise ValueError(f"the tokenizer {getattr(tokenizer, 'path', '')} has no chat template minipost can "
+                         f"render (it reads its own and ChatML); train it on plain text instead")
+    return template
+
+
+def _with_default_system(messages, template: Template):
+    if template.default_system is not None and messages[0]["role"] != "system":
+        return [{"role": "system", "content": template.default_system}, *messages]
+    return messages
 
 
 def _render_tokens(messages, tokenizer, mask: str) -> tuple[list[int], list[bool]]:
     """-> (s, trained): the full token list and, per token, whether it is a loss target."""
-    newline = tokenizer.encode("\n")
-    s, trained = [tokenizer.bos_id], [False]
+    t = _template(tokenizer)
+    s, trained = ([tokenizer.bos_id], [False]) if t.bos else ([], [])
 
     def add(ids, on):
         s.extend(ids)
         trained.extend([on] * len(ids))
 
-    for m in messages:
+    for m in _with_default_system(messages, t):
         content_on = mask != "prompt" or m["role"] == "assistant"
-        scaffold_on = mask == "none"  # role token and the two "\n"s of the template
-        add([_role_id(tokenizer, m["role"])], scaffold_on)
-        add(newline, scaffold_on)
+        scaffold_on = mask == "none"  # the role's opening and the separators of the template
+        add([tokenizer.special_id(t.role_open[m["role"]])], scaffold_on)
+        add(tokenizer.encode(t.role_header[m["role"]]), scaffold_on)
         add(tokenizer.encode(m["content"]), content_on)
-        add([tokenizer.end_id], content_on)  # <|end|> goes with the content it closes
-        add(newline, scaffold_on)
+        add([tokenizer.special_id(t.end)], content_on)  # the end token goes with the content it closes
+        add(tokenizer.encode(t.after_end), scaffold_on)
     return s, trained
 
 
@@ -110,8 +182,9 @@ def generation_prompt(messages, tokenizer) -> list[int]:
     validate_messages(messages)
     if messages[-1]["role"] != "user":
         raise ValueError(f"a generation prompt must end with a user message, the last one is {messages[-1]['role']!r}")
+    t = _template(tokenizer)
     s, _ = _render_tokens(messages, tokenizer, "none")
-    return s + [tokenizer.assistant_id] + tokenizer.encode("\n")
+    return s + [tokenizer.special_id(t.role_open["assistant"])] + tokenizer.encode(t.role_header["assistant"])
 
 
 def render_completion(prompt_messages, completion: str | Sequence[int], tokenizer,

@@ -23,6 +23,7 @@ STAGES: dict[str, tuple[str, str | None]] = {
     "ppo": ("ppo", "sft"),
     "merge": ("merge", None),
     "chat": ("chat", "sft"),
+    "export": ("export", None),
     "all": ("workflow", None),
 }
 # one line each for `python train.py --help`
@@ -38,6 +39,7 @@ STAGE_HELP = {
     "ppo": "PPO with a learned critic (value head) and GAE",
     "merge": "merge checkpoints: linear (WiSE-FT), task arithmetic or TIES",
     "chat": "talk to a trained model (streaming, multi-turn; --prompt answers once)",
+    "export": "write a run as a Hugging Face Llama directory (--format hf) or a PEFT adapter (--format peft)",
     "all": "the whole chain pretrain -> cpt -> sft -> rm -> dpo -> grpo, then the report",
 }
 PEFT_METHODS = tuple(m for m in METHODS if m != "probe")  # the probe is a stage of its own
@@ -63,7 +65,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     p.add_argument("--stage", required=True, choices=list(STAGES), help="the stage to run")
     p.add_argument("--out", type=Path, default=None, help="output directory (None: out/STAGE)")
     p.add_argument("--init", type=Path, default=None,
-                   help="checkpoint to start from (None: the previous stage's output)")
+                   help="checkpoint to start from (None: the previous stage's output); also smollm2, "
+                        "FILE.gguf or a Hugging Face Llama directory")
     p.add_argument("--steps", type=int, help="optimizer steps")
     p.add_argument("--batch-size", type=int, help="examples (or rows) per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -150,7 +153,9 @@ def cap_warmup(args: argparse.Namespace, explicit: bool) -> None:
 def ensure_stage_output(args: argparse.Namespace) -> None:
     """If --init is the default output of an earlier stage and it is missing, build it."""
     init = args.init
-    if init is None or (Path(init) / "config.json").is_file():
+    from minipost.pretrained import is_pretrained_source
+
+    if init is None or (Path(init) / "config.json").is_file() or is_pretrained_source(init):
         return
     upstream = STAGES[args.stage][1]
     if upstream is None or Path(init).resolve() != (OUT_ROOT / upstream).resolve():

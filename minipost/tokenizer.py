@@ -13,16 +13,21 @@ chat template and the corpus are line-structured.
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 from typing import Iterable
 
 import sentencepiece as spm
+
+from minipost.chat import MINIPOST_TEMPLATE
 
 SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 
 
 class Tokenizer:
+    template = MINIPOST_TEMPLATE  # the chat format chat.py renders with this tokenizer
+
     def __init__(self, model_path: str | Path):
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -43,6 +48,18 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
+
+    def special_id(self, name: str) -> int:
+        """The id of a chat control token, by its text ("<|user|>")."""
+        return self.special[name]
+
+    def save(self, out_dir: str | Path) -> None:
+        """Copy tokenizer.model into out_dir (atomically), so a checkpoint loads on its own."""
+        target = Path(out_dir) / "tokenizer.model"
+        if self.path.resolve() != target.resolve():
+            tmp = target.with_name(".tokenizer.model.tmp")
+            shutil.copyfile(self.path, tmp)
+            tmp.replace(target)
 
     def encode(self, text: str) -> list[int]:
         """Ordinary text -> ids; never yields a control id, whatever the text contains."""

@@ -2,20 +2,21 @@
 apply PEFT, save (model or adapter, config, tokenizer, resume state), write eval.json.
 
 A checkpoint directory is self-contained: model.safetensors (or adapter.safetensors +
-adapter.json on top of the base named in config.json), config.json and tokenizer.model.
+adapter.json on top of the base named in config.json), config.json and tokenizer.model
+(a real model's run: tokenizer.json, tokenizer_config.json and template.json). --init may
+also name a real model ("smollm2", FILE.gguf, a Hugging Face directory; minipost/pretrained.py).
 """
 from __future__ import annotations
 
 import json
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from minipost import checkpoint, distributed
+from minipost import checkpoint, distributed, pretrained
 from minipost.tokenizer import Tokenizer
 
 
@@ -24,7 +25,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_tokenizer(ckpt_dir: str | Path) -> Tokenizer:
+def load_tokenizer(ckpt_dir: str | Path):
+    """The run's own tokenizer: tokenizer.model (minipost's) or tokenizer.json (a real model's)."""
+    if (Path(ckpt_dir) / "tokenizer.json").is_file():
+        from minipost.hf_tokenizer import HFTokenizer
+
+        return HFTokenizer.from_dir(ckpt_dir)
     return Tokenizer(Path(ckpt_dir) / "tokenizer.model")
 
 
@@ -35,6 +41,9 @@ def load_stage_model(ckpt_dir: str | Path, device="cpu"):
     from ordinary weights (and may put its own adapter on top). Other PEFT outputs are
     not merged into weights; chain stages from a full or LoRA checkpoint instead.
     """
+    if pretrained.is_pretrained_source(ckpt_dir):  # "smollm2", FILE.gguf, a Hugging Face directory
+        model, tok = pretrained.load_pretrained(ckpt_dir)
+        return model.train().to(device), tok, {"base": pretrained.base_reference(ckpt_dir)}
     ckpt_dir = Path(ckpt_dir)
     info = checkpoint.read_json(ckpt_dir / "config.json")
     if (ckpt_dir / "model.safetensors").is_file():
@@ -111,7 +120,7 @@ def peft_settings(args) -> dict:
     return {}
 
 
-def save_stage(model, tokenizer: Tokenizer, args, optimizer=None, step: int | None = None, **info) -> None:
+def save_stage(model, tokenizer, args, optimizer=None, step: int | None = None, **info) -> None:
     """Write the stage's checkpoint into args.out (and the resume state if an optimizer is given).
     Under torchrun only rank 0 writes: the ranks hold identical weights."""
     if not distributed.is_main():
@@ -119,7 +128,7 @@ def save_stage(model, tokenizer: Tokenizer, args, optimizer=None, step: int | No
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"stage": args.stage, "seed": args.seed, "peft": args.peft,
-              "base": str(args.init) if args.init is not None else None, **info}
+              "base": pretrained.base_reference(args.init) if args.init is not None else None, **info}
     if args.peft != "none":
         from minipost import peft
 
@@ -127,10 +136,7 @@ def save_stage(model, tokenizer: Tokenizer, args, optimizer=None, step: int | No
         checkpoint.write_json({"model": model.cfg.to_dict(), **config}, out / "config.json")
     else:
         checkpoint.save_model(model, out, **config)
-    if Path(tokenizer.path).resolve() != (out / "tokenizer.model").resolve():
-        tmp = out / ".tokenizer.model.tmp"
-        shutil.copyfile(tokenizer.path, tmp)
-        tmp.replace(out / "tokenizer.model")
+    tokenizer.save(out)  # the run loads on its own: tokenizer.model, or tokenizer.json + template.json
     if optimizer is not None:
         checkpoint.save_train_state(out, optimizer, {"step": step})
 
