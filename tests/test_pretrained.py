@@ -13,7 +13,7 @@ from minipost import cli, pretrained
 from minipost.checkpoint import CheckpointError, read_json
 from minipost.gguf_reader import minipost_name as gguf_to_minipost, permute_rows, unpermute_rows
 from minipost.stages.common import load_stage_model
-from tiny_models import converter_permute, make_gguf, make_hf_dir
+from tests.tiny_models import converter_permute, make_gguf, make_hf_dir
 
 gguf = pytest.importorskip("gguf")
 
