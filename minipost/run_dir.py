@@ -103,9 +103,9 @@ def check_out_dir(out, init, stage: str, config: dict, resume: bool, overwrite: 
     previous run first. config: what defines the run, compared with its config.json, e.g.
     {"peft": args.peft, "base": str(args.init)} ("base" compared as resolved paths)."""
     out = Path(out)
-    if init is not None and Path(init).exists():
-        for run in _base_chain(Path(init)):
-            if run.exists() and _nested(out, run):
+    if init is not None:  # checked on the paths even before a missing --init is built
+        for run in _base_chain(Path(init)) if Path(init).exists() else [Path(init)]:
+            if _nested(out, run):
                 what = "the --init directory" if _same_path(run, init) else f"{run}, the base the --init run builds on"
                 _fail(f"--out {out} is (or contains, or lies inside) {what}; training would overwrite its own "
                       f"input. Choose another --out")

@@ -31,6 +31,8 @@ def test_out_equal_to_init_is_refused_even_through_a_symlink(tmp_path):
         refused(r"is \(or contains, or lies inside\) the --init directory; training would overwrite its own input",
                 out=out, init=sft, stage="sft", config={}, resume=False, overwrite=True)
     assert (sft / "step-000010" / "model.safetensors").is_file()
+    refused(r"the --init directory", out=tmp_path / "missing", init=tmp_path / "missing", stage="sft",
+            config={}, resume=False, overwrite=False)  # before the default chain builds --init
 
 
 def test_out_that_is_the_base_of_the_init_run_is_refused(tmp_path):
