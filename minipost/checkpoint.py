@@ -1,25 +1,43 @@
 """Checkpoints as safetensors + JSON. No pickle is ever loaded.
 
-Every file is written to a temporary name in the same directory and renamed into place
-(os.replace is atomic on POSIX), so an interrupted save leaves the previous file intact.
-Loading checks the config and every tensor's name and shape, and names the mismatch.
+A saved step is one unit: every file of it (weights or adapter, heads, optimizer and RNG
+state, config, tokenizer) is written into a new directory, and the unit becomes current by
+one atomic operation, the replacement of a small pointer file:
 
-Layout of a checkpoint directory:
+    out/sft/
+      checkpoint.json          {"current": "step-000020", "checkpoint_step": 20}
+      step-000020/             the current unit (the layout of a checkpoint directory below)
+      metrics.jsonl  eval.json
+
+A kill at any instant leaves the pointer naming either the previous unit or the new one,
+both complete, never a mix; a unit the pointer does not name (a kill between the rename and
+the pointer) is ignored and removed by the next save, as are files of an older layout. Every
+safetensors file carries the unit's step in its metadata and every JSON file a
+"checkpoint_step" field; loading refuses a unit whose files disagree.
+
+Layout of a checkpoint directory (a unit, or a whole run directory written by an earlier
+minipost, which still loads: `current_checkpoint` returns the directory itself):
     model.safetensors   the weights (full fine-tuning / pretraining)
-    adapter.safetensors only the trained PEFT tensors (see peft/__init__.py)
+    adapter.safetensors only the trained PEFT tensors (see peft/__init__.py), + adapter.json
     config.json         {"model": GPTConfig fields, "stage": ..., "tokenizer": ..., ...}
     state.safetensors   optimizer moments and RNG state, for --resume
     state.json          step counters, data position, optimizer hyperparameters
+    manifest.json       (units only) the step and every file's size, written last
+
+Single files are written to a temporary name in the same directory and renamed into place
+(os.replace is atomic on POSIX). Loading checks the config and every tensor's name and
+shape, and names the mismatch.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from minipost.config import GPTConfig
@@ -116,13 +134,17 @@ def save_model(model, out_dir: str | Path, **info) -> None:
 
 
 def load_model(ckpt_dir: str | Path, device: str | torch.device = "cpu"):
-    """Build the GPT described by ckpt_dir/config.json and load its weights -> (model, config dict)."""
+    """Build the GPT described by config.json and load its weights -> (model, config dict).
+    ckpt_dir: a run directory (its current unit is read) or a checkpoint directory."""
     from minipost.model import GPT
+    from minipost.validate import validate_config_dict
 
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = current_checkpoint(ckpt_dir) or Path(ckpt_dir)
+    verify_checkpoint(ckpt_dir)
     info = read_json(ckpt_dir / "config.json")
     if "model" not in info:
         raise CheckpointError(f"{ckpt_dir / 'config.json'}: no 'model' section")
+    validate_config_dict(info["model"], ckpt_dir / "config.json")
     try:
         cfg = GPTConfig.from_dict(info["model"])
     except (TypeError, ValueError) as e:
@@ -136,9 +158,9 @@ def load_model(ckpt_dir: str | Path, device: str | torch.device = "cpu"):
     return model.to(device), info
 
 
-def save_train_state(out_dir: str | Path, optimizer: torch.optim.Optimizer, counters: dict) -> None:
-    """Optimizer moments + RNG state as tensors, counters and hyperparameters as JSON."""
-    out_dir = Path(out_dir)
+def train_state_files(optimizer: torch.optim.Optimizer, counters: dict) -> tuple[dict, dict]:
+    """Optimizer moments + RNG state as tensors, counters and hyperparameters as JSON
+    -> (tensors for state.safetensors, object for state.json)."""
     sd = optimizer.state_dict()
     tensors = {"rng.torch": torch.get_rng_state()}
     scalars = {}
@@ -148,14 +170,25 @@ def save_train_state(out_dir: str | Path, optimizer: torch.optim.Optimizer, coun
                 tensors[f"opt.{idx}.{name}"] = value
             else:
                 scalars[f"{idx}.{name}"] = value
-    save_tensors(tensors, out_dir / "state.safetensors")
-    write_json({"counters": counters, "param_groups": sd["param_groups"], "scalars": scalars}, out_dir / "state.json")
+    return tensors, {"counters": counters, "param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def save_train_state(out_dir: str | Path, optimizer: torch.optim.Optimizer, counters: dict) -> None:
+    """state.safetensors + state.json straight into out_dir (the single-directory layout)."""
+    tensors, meta = train_state_files(optimizer, counters)
+    save_tensors(tensors, Path(out_dir) / "state.safetensors")
+    write_json(meta, Path(out_dir) / "state.json")
 
 
 def load_train_state(ckpt_dir: str | Path, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore optimizer and RNG state saved by save_train_state; returns the counters."""
-    ckpt_dir = Path(ckpt_dir)
+    """Restore the optimizer and RNG state of a run directory's current unit (or of a
+    checkpoint directory); returns the counters. Refuses a unit whose files disagree on the step."""
+    ckpt_dir = current_checkpoint(ckpt_dir) or Path(ckpt_dir)
+    step = verify_checkpoint(ckpt_dir)
     meta = read_json(ckpt_dir / "state.json")
+    if step is not None and meta.get("counters", {}).get("step") != step:
+        raise CheckpointError(f"{ckpt_dir / 'state.json'}: counters say step {meta.get('counters', {}).get('step')}, "
+                              f"the checkpoint is step {step}")
     tensors = load_tensors(ckpt_dir / "state.safetensors")
     state: dict[int, dict] = {}
     for key, value in tensors.items():
@@ -175,3 +208,152 @@ def load_train_state(ckpt_dir: str | Path, optimizer: torch.optim.Optimizer) -> 
         raise CheckpointError(f"{ckpt_dir}: optimizer state does not fit this run: {e}") from e
     torch.set_rng_state(tensors["rng.torch"])
     return meta["counters"]
+
+
+# ---------------------------------------------------------------- checkpoint units
+POINTER, MANIFEST, STEP_KEY = "checkpoint.json", "manifest.json", "checkpoint_step"
+# What the single-directory layout kept in the run directory itself; a unit replaces them all.
+LEGACY_FILES = ("model.safetensors", "adapter.safetensors", "adapter.json", "config.json", "state.safetensors",
+                "state.json", "value_head.safetensors", "tokenizer.model")
+WEIGHT_FILES = ("model.safetensors", "adapter.safetensors")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (a process kill does not need it; a power cut does)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not possible on every platform (Windows)
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unit_name(out_dir: Path, step: int) -> str:
+    name, k = f"step-{step:06d}", 1
+    while (out_dir / name).exists():  # the same step saved again (e.g. Ctrl-C right after --save-every)
+        name, k = f"step-{step:06d}.{k}", k + 1
+    return name
+
+
+def save_checkpoint(out_dir: str | Path, step: int, tensors_by_file: dict[str, dict[str, torch.Tensor]],
+                    json_by_file: dict[str, dict], optimizer: torch.optim.Optimizer | None = None,
+                    copy_files: dict[str, str | Path] | None = None) -> Path:
+    """Write one step as a unit and make it current -> the unit directory.
+
+    tensors_by_file: file name -> {tensor name -> tensor}, e.g. {"model.safetensors": ...,
+    "value_head.safetensors": ...}; json_by_file: file name -> object ({"config.json": ...});
+    optimizer: its state and the RNG state go to state.safetensors / state.json (counters
+    {"step": step}); copy_files: file name -> source path copied as is (tokenizer.model).
+    Refuses (NonFiniteError) before writing anything if a float tensor holds a NaN or inf.
+    """
+    from minipost import guards
+
+    out_dir = Path(out_dir)
+    tensors_by_file, json_by_file = dict(tensors_by_file), dict(json_by_file)
+    if optimizer is not None:
+        tensors_by_file["state.safetensors"], json_by_file["state.json"] = train_state_files(optimizer, {"step": step})
+    for fname, tensors in tensors_by_file.items():
+        guards.check_tensors(tensors, step, what=f"{fname} tensor")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".step-{step:06d}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for fname, tensors in tensors_by_file.items():
+            tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+            save_file(tensors, str(tmp / fname), metadata={STEP_KEY: str(step)})
+        for fname, obj in json_by_file.items():
+            (tmp / fname).write_text(json.dumps({**obj, STEP_KEY: step}, indent=2, sort_keys=True) + "\n")
+        for fname, src in (copy_files or {}).items():
+            shutil.copyfile(src, tmp / fname)
+        sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps({STEP_KEY: step, "files": sizes}, indent=2) + "\n")
+        for p in tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        unit = out_dir / _unit_name(out_dir, step)
+        os.rename(tmp, unit)  # the unit appears whole; the pointer below makes it current
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(out_dir)
+    write_json({"current": unit.name, STEP_KEY: step}, out_dir / POINTER)
+    _fsync_dir(out_dir)
+    remove_stale(out_dir)
+    return unit
+
+
+def remove_stale(out_dir: str | Path) -> None:
+    """Delete what the current unit replaced: older and half-written units, and the files of
+    the single-directory layout (a LoRA run into a full run's directory must not leave the
+    old model.safetensors beside its adapter)."""
+    out_dir = Path(out_dir)
+    current = current_checkpoint(out_dir)
+    if current is None or current == out_dir:
+        return
+    for p in out_dir.iterdir():
+        stale_unit = p.is_dir() and p.name.startswith(("step-", ".step-")) and p != current
+        if stale_unit:
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name in LEGACY_FILES or (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()):
+            p.unlink(missing_ok=True)
+
+
+def current_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint directory holding a run's current weights: the unit named by
+    run_dir/checkpoint.json; run_dir itself for the single-directory layout; None if neither.
+    A directory with both a full model and an adapter (of two runs) is refused."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / POINTER
+    if pointer.is_file():
+        name = read_json(pointer).get("current")
+        unit = run_dir / str(name)
+        if not isinstance(name, str) or "/" in name or not unit.is_dir():
+            raise CheckpointError(f"{pointer}: names {name!r}, which is not a checkpoint directory in {run_dir}")
+        return unit
+    present = [f for f in WEIGHT_FILES if (run_dir / f).is_file()]
+    if len(present) == 2:
+        peft = read_json(run_dir / "config.json").get("peft") if (run_dir / "config.json").is_file() else None
+        stale = {None: "one of them", "none": "adapter.safetensors + adapter.json"}.get(peft, "model.safetensors")
+        raise CheckpointError(f"{run_dir}: holds both model.safetensors and adapter.safetensors, left by two "
+                              f"different runs (config.json says peft={peft!r}, so {stale} is stale); delete "
+                              f"the stale file or run the stage again with --overwrite")
+    return run_dir if present else None
+
+
+def tensor_file_step(path: str | Path) -> int | None:
+    """The checkpoint step in a safetensors file's metadata (None if it carries none)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+    return int(meta[STEP_KEY]) if STEP_KEY in meta else None
+
+
+def verify_checkpoint(ckpt_dir: str | Path) -> int | None:
+    """Check that every file of a unit is there, whole, and of the same step -> the step
+    (None for a directory of the single-directory layout, which carries no steps)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not (ckpt_dir / MANIFEST).is_file():
+        return None
+    manifest = read_json(ckpt_dir / MANIFEST)
+    step = manifest.get(STEP_KEY)
+    for fname, size in manifest.get("files", {}).items():
+        path = ckpt_dir / fname
+        if not path.is_file() or path.stat().st_size != size:
+            raise CheckpointError(f"{path}: missing or of the wrong size (the manifest of step {step} says "
+                                  f"{size} bytes); the checkpoint is incomplete")
+        if fname.endswith(".safetensors"):
+            found = tensor_file_step(path)
+        elif fname.endswith(".json"):
+            found = read_json(path).get(STEP_KEY)
+        else:
+            continue
+        if found != step:
+            raise CheckpointError(f"{path}: belongs to step {found}, but the checkpoint is step {step}; "
+                                  f"its files come from different saves")
+    return step
