@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minipost import backend
+from minipost import backend, guards
 from minipost.model import KVCache
 
 
@@ -66,6 +66,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(-1)
+    guards.check_sampling_probs(probs)  # a diverged policy: one clear error, not torch's "contains nan"
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
