@@ -83,6 +83,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
                    help="matmul precision: bf16 autocast (float32 weights, optimizer, losses, log-probs), fp32, "
                         "or auto = bf16 for models of 20M+ parameters on a CPU with AVX512-BF16/AMX or a bf16 GPU, else fp32")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run of another stage or configuration in --out")
     p.add_argument("--log-every", type=int, default=10, help="progress-bar and throughput update every N steps")
     p.add_argument("--eval-every", type=int, default=0, help="held-out eval every N steps (0: only at the end)")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end and on Ctrl-C)")
@@ -125,14 +127,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args.out = OUT_ROOT / args.stage
     if args.init is None and STAGES[args.stage][1] is not None:
         args.init = OUT_ROOT / STAGES[args.stage][1]
-    if args.resume and args.init is not None and Path(args.init).resolve() == Path(args.out).resolve():
-        raise SystemExit("train.py: error: --init and --out are the same directory")
     for name in ("steps", "batch_size", "grad_accum", "log_every", "max_eval"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise SystemExit(f"train.py: error: --{name.replace('_', '-')} must be at least 1, got {v}")
     if getattr(args, "warmup", None) is not None and args.steps is not None:
         cap_warmup(args, explicit=any(a == "--warmup" or a.startswith("--warmup=") for a in argv))
+    from minipost import validate
+
+    validate.validate_args(args)  # every range, --device and --lora-targets, before anything runs
     return args
 
 
@@ -155,7 +158,9 @@ def ensure_stage_output(args: argparse.Namespace) -> None:
     init = args.init
     from minipost.pretrained import is_pretrained_source
 
-    if init is None or (Path(init) / "config.json").is_file() or is_pretrained_source(init):
+    from minipost.checkpoint import current_checkpoint
+
+    if init is None or is_pretrained_source(init) or current_checkpoint(init) is not None:
         return
     upstream = STAGES[args.stage][1]
     if upstream is None or Path(init).resolve() != (OUT_ROOT / upstream).resolve():
@@ -166,6 +171,22 @@ def ensure_stage_output(args: argparse.Namespace) -> None:
         "--stage", upstream, "--seed", str(args.seed), "--device", args.device,
         "--preset", args.preset, "--kernels", args.kernels,
     ])
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """Before anything trains: --out must not be (or hold) an input, must hold this run when
+    resuming (a previous run of the same stage and config is replaced whole, another only with
+    --overwrite), and must be writable."""
+    from minipost import run_dir
+
+    if args.stage in ("all", "chat"):  # the workflow checks each stage's --out; chat writes none
+        return
+    if args.stage == "export":  # its --out is a Hugging Face directory, not a run
+        return run_dir.check_writable(args.out)
+    base = str(args.init) if args.init is not None else None
+    run_dir.check_out_dir(args.out, args.init, args.stage, {"peft": args.peft, "base": base},
+                          args.resume, args.overwrite)
+    run_dir.check_writable(args.out)
 
 
 def set_threads(threads: int | None) -> None:
@@ -194,6 +215,9 @@ def run(argv: list[str]) -> dict:
 
             data.builtin("sft_train")
         distributed.barrier()
+    if distributed.is_main():
+        check_out(args)
+    distributed.barrier()
     ensure_stage_output(args)
     from minipost import backend
 
