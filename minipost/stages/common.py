@@ -31,7 +31,9 @@ def load_tokenizer(ckpt_dir: str | Path):
         from minipost.hf_tokenizer import HFTokenizer
 
         return HFTokenizer.from_dir(ckpt_dir)
-    return Tokenizer(Path(ckpt_dir) / "tokenizer.model")
+    from minipost.validate import load_tokenizer_checked
+
+    return load_tokenizer_checked(Path(ckpt_dir) / "tokenizer.model")  # a garbage file: CheckpointError
 
 
 def load_stage_model(ckpt_dir: str | Path, device="cpu"):
@@ -88,6 +90,9 @@ def prepare_model(args, fresh=None):
             if model.cfg.tie_embeddings:
                 tensors["lm_head.weight"] = tensors["tok_emb.weight"]
             checkpoint.load_into(model, tensors, str(out / "model.safetensors"))
+    from minipost.validate import check_against_model
+
+    check_against_model(args, model.cfg)  # --seq-len / --max-len within the model's context
     return model.to(args.device), tok
 
 
@@ -126,6 +131,9 @@ def save_stage(model, tokenizer, args, optimizer=None, step: int | None = None, 
     if not distributed.is_main():
         return
     out = Path(args.out)
+    from minipost import guards
+
+    guards.check_tensors(model.state_dict(), step)  # never write a diverged model over a good one
     out.mkdir(parents=True, exist_ok=True)
     config = {"stage": args.stage, "seed": args.seed, "peft": args.peft,
               "base": pretrained.base_reference(args.init) if args.init is not None else None, **info}
@@ -149,8 +157,13 @@ def resume_step(args, optimizer) -> int:
     if not (out / "state.json").is_file():
         raise SystemExit(f"train.py: error: --resume but {out} has no state.json (nothing to resume)")
     counters = checkpoint.load_train_state(out, optimizer)
-    print(f"[{args.stage}] resuming from step {counters['step']}", file=sys.stderr)
-    return int(counters["step"])
+    step = int(counters["step"])
+    if distributed.is_main():  # the steps after the checkpoint are replayed: drop their old records
+        from minipost.run_dir import truncate_metrics
+
+        truncate_metrics(out / "metrics.jsonl", step)
+    print(f"[{args.stage}] resuming from step {step}", file=sys.stderr)
+    return step
 
 
 # ----------------------------------------------------------------------------- RL stages (rl.py, ppo.py)

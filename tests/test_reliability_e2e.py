@@ -1,0 +1,168 @@
+"""The reliability mechanisms wired into the stages (docs/failure-cases.md), end to end on tiny runs:
+a diverging run stops with one NonFiniteError and leaves only finite checkpoints, bad flags and
+bad --out directories are refused with one line before anything trains, and --resume does not
+log a replayed step twice."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minipost import checkpoint, cli
+from minipost.guards import NonFiniteError
+from tests.stages.test_dpo import run_dpo, sft_dir, tiny  # noqa: F401  (fixtures)
+from tests.stages.test_rl import rl_setup, stage_args  # noqa: F401  (fixtures)
+from tests.stages.test_sft import TINY, base_dir  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def assert_saved_weights_finite_and_load(out: Path, failed_at: int | None):
+    """Every tensor file in the run is finite; the checkpoint left behind loads and is the
+    step before the failure."""
+    for f in out.rglob("*.safetensors"):
+        for name, t in load_file(f).items():
+            if t.is_floating_point():
+                assert torch.isfinite(t).all(), f"{f}: {name} holds NaN/inf"
+    if (out / "state.json").is_file():
+        step = json.loads((out / "state.json").read_text())["counters"]["step"]
+        if failed_at is not None:
+            assert step == failed_at - 1
+        model, _ = checkpoint.load_model(out)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def diverge(run, out):
+    with pytest.raises(NonFiniteError, match=r"non-finite .*stopping without saving") as err:
+        run()
+    step = err.value.step
+    assert step is None or step >= 1
+    assert_saved_weights_finite_and_load(out, step)
+    for line in (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").is_file() else []:
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.jsonl"))
+    return err.value
+
+
+def test_sft_with_an_absurd_lr_stops_and_keeps_finite_checkpoints(base_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "sft"
+    args = ["--stage", "sft", "--init", str(base_dir), "--out", str(out), *TINY, "--steps", "6",
+            "--lr", "1e30", "--warmup", "0", "--save-every", "1"]
+    err = diverge(lambda: cli.run(args), out)
+    assert err.step is not None and (out / "state.json").is_file()
+
+
+def test_dpo_with_an_absurd_lr_stops_and_keeps_finite_checkpoints(sft_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "dpo"
+    diverge(lambda: run_dpo(sft_dir, out, "--steps", "6", "--lr", "1e30", "--warmup", "0", "--save-every", "1"),
+            out)
+
+
+@pytest.mark.parametrize("stage", ["grpo", "ppo"])
+def test_rl_with_an_absurd_lr_stops_and_keeps_finite_checkpoints(rl_setup, tmp_path, stage):  # noqa: F811
+    ckpt, train, val, _ = rl_setup
+    out = tmp_path / stage
+    args = stage_args(stage, ckpt, train, val, out, "--save-every", "1")
+    args[args.index("--steps") + 1], args[args.index("--lr") + 1] = "6", "1e30"
+    diverge(lambda: cli.run(args), out)
+
+
+def test_a_nan_gradient_with_a_finite_loss_stops_before_the_update():
+    from minipost.training import clip_and_step
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    w.grad = torch.tensor([0.0, float("nan"), 1.0])
+    with pytest.raises(NonFiniteError, match=r"non-finite grad norm \(nan\) at step 4"):
+        clip_and_step(opt, 0.5, 3)
+    assert torch.equal(w.detach(), torch.ones(3))  # the weights did not move
+
+
+def test_resume_after_a_replay_logs_each_step_once(base_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "sft"
+    common = ["--stage", "sft", "--init", str(base_dir), "--out", str(out), *TINY, "--steps", "4",
+              "--save-every", "2"]
+    with pytest.raises(SystemExit):
+        cli.run([*common, "--interrupt-at", "3"])
+    # As after a SIGKILL: the checkpoint is step 3 (Ctrl-C), but pretend step 2 is the last one saved
+    # and steps 3 and a torn fourth line were logged after it.
+    state = json.loads((out / "state.json").read_text())
+    state["counters"]["step"] = 2
+    (out / "state.json").write_text(json.dumps(state))
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')
+    cli.run([*common, "--resume"])
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------ refused before anything trains
+def refused(argv, match):
+    with pytest.raises(SystemExit) as e:
+        cli.run(argv)
+    msg = str(e.value.code)
+    assert msg.startswith("train.py: error:") and "\n" not in msg and "Traceback" not in msg, msg
+    assert match in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"),
+    (["--seq-len", "0"], "--seq-len"), (["--save-every", "-1"], "--save-every"),
+    (["--warmup", "-5"], "--warmup"), (["--threads", "0"], "--threads"),
+    (["--peft", "lora", "--lora-r", "0"], "--lora-r"), (["--lora-dropout", "1"], "--lora-dropout"),
+    (["--peft", "lora", "--lora-targets", "q_proj,bogus"], "bogus"),
+    (["--device", "cuda:7"], "cuda"), (["--device", "gpu0"], "gpu0"),
+])
+def test_bad_flags_are_refused_at_parse_time(tmp_path, flags, match):
+    stage = "pretrain" if "--seq-len" in flags else "sft"
+    refused(["--stage", stage, "--out", str(tmp_path / "o"), *flags], match)
+    assert not (tmp_path / "o").exists()
+
+
+def test_group_size_one_is_refused_for_grpo(tmp_path):
+    refused(["--stage", "grpo", "--out", str(tmp_path / "o"), "--group-size", "1"], "--group-size")
+
+
+def test_out_that_would_destroy_an_input_is_refused(base_dir, tmp_path):  # noqa: F811
+    refused(["--stage", "sft", "--init", str(base_dir), "--out", str(base_dir), *TINY], "overwrite its own input")
+    refused(["--stage", "sft", "--init", str(base_dir), "--out", str(base_dir / "inner"), *TINY], "--init")
+    link = tmp_path / "link"
+    link.symlink_to(base_dir)
+    refused(["--stage", "sft", "--init", str(base_dir), "--out", str(link), *TINY], "--init")
+
+
+def test_out_directories_that_are_not_this_run_are_refused(base_dir, tmp_path):  # noqa: F811
+    refused(["--stage", "sft", "--init", str(base_dir), "--out", str(tmp_path / "new"), *TINY, "--resume"],
+            "nothing to resume")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    refused(["--stage", "sft", "--init", str(base_dir), "--out", str(home), *TINY, "--overwrite"],
+            "does not look like a minipost run")
+    assert (home / "notes.txt").read_text() == "mine"
+    (tmp_path / "afile").write_text("x")
+    refused(["--stage", "sft", "--init", str(base_dir), "--out", str(tmp_path / "afile" / "run"), *TINY],
+            "--out")
+
+
+def test_another_stage_in_out_needs_overwrite_and_keeps_foreign_files(base_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    cli.run(["--stage", "sft", "--init", str(base_dir), "--out", str(out), *TINY])
+    refused(["--stage", "pretrain", "--out", str(out), "--resume", *TINY], "stage")
+    refused(["--stage", "sft", "--init", str(base_dir), "--out", str(out), *TINY, "--peft", "lora"], "--overwrite")
+    (out / "keep.txt").write_text("mine")
+    cli.run(["--stage", "sft", "--init", str(base_dir), "--out", str(out), *TINY, "--peft", "lora", "--overwrite"])
+    assert (out / "keep.txt").read_text() == "mine"
+    assert checkpoint.current_checkpoint(out) is not None
+    assert not (out / "model.safetensors").exists()  # the full run's weights went with --overwrite
+
+
+def test_train_py_prints_one_line_without_a_traceback(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--stage", "sft", "--lr", "nan",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error:") and "--lr" in lines[0], r.stderr
