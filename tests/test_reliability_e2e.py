@@ -166,3 +166,12 @@ def test_train_py_prints_one_line_without_a_traceback(tmp_path):
     assert r.returncode != 0
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("train.py: error:") and "--lr" in lines[0], r.stderr
+
+
+def test_a_corpus_shorter_than_one_row_is_refused_in_one_line(small_tokenizer):
+    from minipost.stages.pretrain import token_rows
+
+    with pytest.raises(SystemExit, match=r"the pretraining corpus: the corpus has \d+ tokens, fewer than one "
+                                         r"training row of --seq-len 10000"):
+        token_rows(["the order shipped"], small_tokenizer, 10000)
+    assert token_rows(["the order shipped"] * 50, small_tokenizer, 8).shape[1] == 9

@@ -56,9 +56,10 @@ def token_rows(texts: list[str], tok: Tokenizer, seq_len: int) -> torch.Tensor:
     stream = []
     for t in texts:
         stream += [tok.bos_id, *tok.encode(t), tok.eos_id]
+    from minipost.validate import check_corpus_size
+
+    check_corpus_size(len(stream) - 1, seq_len, "the pretraining corpus")  # one line, not a ValueError
     n = (len(stream) - 1) // seq_len
-    if n == 0:
-        raise ValueError(f"corpus too small: {len(stream)} tokens for rows of {seq_len}")
     stream = torch.tensor(stream[: n * seq_len + 1])
     return torch.stack([stream[i * seq_len: (i + 1) * seq_len + 1] for i in range(n)])
 
