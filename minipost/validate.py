@@ -73,6 +73,8 @@ RANGES: dict[str, tuple[float, bool, float | None, str]] = {
 # of its group, so a group of one has none (its std is undefined).
 STAGE_RANGES = {stage: {"group_size": (2, True, None, "completions per prompt (a group of one has no baseline)")}
                 for stage in ("grpo", "rloo")}
+# The chat stage decodes greedily at --temperature 0 (its default); the RL stages sample.
+STAGE_RANGES["chat"] = {"temperature": (0, True, None, "the sampling temperature (0: greedy)")}
 _EXCLUSIVE_MAX = {"lora_dropout"}  # dropout 1 zeroes every input
 
 

@@ -175,3 +175,14 @@ def test_a_corpus_shorter_than_one_row_is_refused_in_one_line(small_tokenizer):
                                          r"training row of --seq-len 10000"):
         token_rows(["the order shipped"], small_tokenizer, 10000)
     assert token_rows(["the order shipped"] * 50, small_tokenizer, 8).shape[1] == 9
+
+
+def test_preference_pairs_without_a_preference_are_refused(sft_dir, tmp_path):  # noqa: F811
+    same = tmp_path / "same.jsonl"
+    lines = (sft_dir / "pref_train.jsonl").read_text().splitlines()
+    record = json.loads(lines[2])
+    record["rejected"] = record["chosen"]
+    same.write_text("\n".join([*lines[:2], json.dumps(record), *lines[3:]]) + "\n")
+    msg = refused(["--stage", "dpo", "--init", str(sft_dir / "sft"), "--out", str(tmp_path / "d"), "--steps", "1",
+                   "--train-file", str(same)], "records [3] have chosen == rejected")
+    assert str(same) in msg

@@ -48,7 +48,7 @@ import torch
 
 from minipost import checkpoint
 from minipost import data as datasets
-from minipost import distributed
+from minipost import distributed, validate
 from minipost.evaluate import reply_metrics
 from minipost.logprobs import model_sequence_logps
 from minipost.losses import dpo_loss
@@ -145,6 +145,7 @@ def run(args):
     # Data: preference pairs for training and held-out accuracy, SFT prompts for the replies.
     train_records = datasets.read_preferences(args.train_file or datasets.builtin("pref_train"))
     val_records = datasets.read_preferences(args.val_file or datasets.builtin("pref_val"))
+    validate.check_pairs_differ(train_records, args.train_file or "the built-in pref_train")  # zero-gradient pairs
     train_pairs, kept = tokenize_pairs(train_records, tok, max_len)
     val_pairs, val_kept = tokenize_pairs(val_records, tok, max_len)
     dropped, val_dropped = len(train_records) - len(kept), len(val_records) - len(val_kept)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from minipost import data as datasets
-from minipost import distributed
+from minipost import distributed, validate
 from minipost.losses import reward_loss
 from minipost.data import tokenize_pairs
 from minipost.packing import pad_batch, pair_indices
@@ -123,6 +123,7 @@ def run(args):
     # Data: full sequences of prompt + reply + <|end|>; a margin per pair.
     train_records = datasets.read_preferences(args.train_file or datasets.builtin("pref_train"))
     val_records = datasets.read_preferences(args.val_file or datasets.builtin("pref_val"))
+    validate.check_pairs_differ(train_records, args.train_file or "the built-in pref_train")  # zero-gradient pairs
     train_pairs, kept = tokenize_pairs(train_records, tok, max_len)
     val_pairs, val_kept = tokenize_pairs(val_records, tok, max_len)
     if not train_pairs or not val_pairs:
