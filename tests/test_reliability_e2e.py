@@ -186,3 +186,14 @@ def test_preference_pairs_without_a_preference_are_refused(sft_dir, tmp_path):  
     msg = refused(["--stage", "dpo", "--init", str(sft_dir / "sft"), "--out", str(tmp_path / "d"), "--steps", "1",
                    "--train-file", str(same)], "records [3] have chosen == rejected")
     assert str(same) in msg
+
+
+def test_sampling_from_diverged_logits_is_one_clear_error():
+    from minipost.generate import sample_next
+
+    logits = torch.zeros(3, 7)
+    logits[1, 2] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"sampling probabilities \(rows \[1\]\).*lower --lr"):
+        sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    ids = sample_next(torch.zeros(3, 7), temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert ids.shape == (3,) and bool(((ids >= 0) & (ids < 7)).all())
