@@ -197,3 +197,14 @@ def test_sampling_from_diverged_logits_is_one_clear_error():
         sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
     ids = sample_next(torch.zeros(3, 7), temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert ids.shape == (3,) and bool(((ids >= 0) & (ids < 7)).all())
+
+
+@pytest.mark.parametrize("stage", ["grpo", "ppo"])
+def test_rl_prompts_longer_than_the_context_are_refused(rl_setup, tmp_path, stage):  # noqa: F811
+    ckpt, train, val, model = rl_setup
+    long_file = tmp_path / "long.jsonl"
+    records = [json.loads(x) for x in train.read_text().splitlines()]
+    records[1]["prompt"][-1]["content"] = "the order shipped " * (4 * model.cfg.max_seq_len)
+    long_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    msg = refused(stage_args(stage, ckpt, long_file, val, tmp_path / "o"), "do not fit the model's context")
+    assert str(long_file) in msg and "records [2]" in msg

@@ -187,6 +187,17 @@ def load_prompts(args) -> tuple[list[dict], list[dict]]:
     return train, val
 
 
+def check_prompts_fit(train: list[dict], val: list[dict], tok, cfg, args) -> None:
+    """Refuse (one line naming the file and records) RL prompts that, with --max-new-tokens,
+    do not fit the model's context: generation would run past the last RoPE position."""
+    from minipost.chat import generation_prompt
+    from minipost.validate import check_prompts_fit as check
+
+    for records, path in ((train, args.train_file or "the built-in rl_train"),
+                          (val, args.val_file or "the built-in rl_val")):
+        check([len(generation_prompt(r["prompt"], tok)) for r in records], args.max_new_tokens, cfg.max_seq_len, path)
+
+
 def reference_copy(args, coef: float):
     """The frozen reference of an RL stage under full fine-tuning: a second copy of --init.
     None under --peft (the policy with adapters off is the reference) or when coef == 0."""

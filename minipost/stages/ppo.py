@@ -120,6 +120,7 @@ def run(args):
         torch.nn.init.zeros_(head.proj.weight)
     head = head.to(args.device)
     train, val = common.load_prompts(args)
+    common.check_prompts_fit(train, val, tok, model.cfg, args)
     ref_scorer = reference_scorer(model, args.kl_coef, args.batch_size, common.reference_copy(args, args.kl_coef))
     held_out_accuracy = lambda: task_accuracy(model, tok, val, max_new_tokens=args.max_new_tokens)  # noqa: E731
 

@@ -98,6 +98,7 @@ def run(args):
     common.seed_everything(args.seed)
     model, tok = common.prepare_model(args)
     train, val = common.load_prompts(args)
+    common.check_prompts_fit(train, val, tok, model.cfg, args)
     ref_scorer = reference_scorer(model, args.beta, args.batch_size, common.reference_copy(args, args.beta))
     held_out_accuracy = lambda: task_accuracy(model, tok, val, max_new_tokens=args.max_new_tokens)  # noqa: E731
 
