@@ -22,3 +22,14 @@ def chat_ids_reference(tokenizer_hf, messages) -> list[int]:
 def generation_prompt_reference(tokenizer_hf, messages) -> list[int]:
     out = tokenizer_hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def greedy_reference(model_hf, prompt: list[int], n: int, pad_id: int) -> list[int]:
+    """transformers' greedy continuation of exactly n tokens (no stop token). The attention mask
+    is given: without it transformers masks out every pad id the prompt holds (<|im_end|>)."""
+    import torch
+
+    x = torch.tensor([prompt])
+    out = model_hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
+                            do_sample=False, eos_token_id=None, pad_token_id=pad_id)
+    return out[0, len(prompt):].tolist()

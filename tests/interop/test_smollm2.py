@@ -9,7 +9,8 @@ gguf = pytest.importorskip("gguf")
 from minipost import pretrained  # noqa: E402
 from minipost.chat import generation_prompt, render_chat  # noqa: E402
 from minipost.generate import generate  # noqa: E402
-from tests.interop.common import CHATS, PROMPTS, TEXTS, chat_ids_reference, generation_prompt_reference  # noqa: E402
+from tests.interop.common import (CHATS, PROMPTS, TEXTS, chat_ids_reference, generation_prompt_reference,  # noqa: E402
+                                  greedy_reference)
 
 pytestmark = pytest.mark.interop
 
@@ -53,10 +54,7 @@ def test_logits_and_greedy_match_transformers(smollm2):
     prompts = [generation_prompt(p, tok) for p in PROMPTS]
     got = generate(ours, prompts, 32).tokens  # left padded together: also checks the batched path
     for k, prompt in enumerate(prompts):
-        x = torch.tensor([prompt])  # the mask given: else transformers masks <|im_end|>, the pad id, in it
-        ref = theirs.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=32, min_new_tokens=32,
-                              do_sample=False, eos_token_id=None, pad_token_id=tok.pad_id)[0, len(prompt):].tolist()
-        assert got[k].tolist() == ref, k
+        assert got[k].tolist() == greedy_reference(theirs, prompt, 32, tok.pad_id), k
 
 
 def test_tokenizer_and_chatml_match_transformers(smollm2):

@@ -9,7 +9,8 @@ pytest.importorskip("gguf")
 from minipost import pretrained  # noqa: E402
 from minipost.chat import render_chat, generation_prompt, MASK_MODES  # noqa: E402
 from minipost.generate import generate  # noqa: E402
-from tests.interop.common import CHATS, PROMPTS, TEXTS, chat_ids_reference, generation_prompt_reference  # noqa: E402
+from tests.interop.common import (CHATS, PROMPTS, TEXTS, chat_ids_reference, generation_prompt_reference,  # noqa: E402
+                                  greedy_reference)
 from tests.tiny_models import make_gguf, make_hf_dir  # noqa: E402
 
 pytestmark = pytest.mark.interop
@@ -25,13 +26,6 @@ def tiny(tmp_path_factory):
 
 def hf_model(**kw):
     return transformers.AutoModelForCausalLM.from_pretrained(dtype=torch.float32, **kw).eval()
-
-
-def greedy_reference(model_hf, prompt: list[int], n: int) -> list[int]:
-    x = torch.tensor([prompt])  # the mask given: else transformers masks every pad id the prompt holds
-    out = model_hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
-                            do_sample=False, eos_token_id=None, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
 
 
 @pytest.mark.parametrize("source", ["hf", "gguf"])
@@ -50,7 +44,7 @@ def test_logits_and_greedy_match_transformers(tiny, source):
     for k in range(5):
         prompt = x[k % 3, : 5 + 3 * k].tolist()
         got = generate(ours, [prompt], 32).tokens[0].tolist()
-        assert got == greedy_reference(theirs, prompt, 32)
+        assert got == greedy_reference(theirs, prompt, 32, pad_id=0)
 
 
 @pytest.fixture(scope="module")
