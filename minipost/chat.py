@@ -5,9 +5,15 @@ The template (docs/DESIGN.md §4), one block per message:
     <|system|>\\n{system}<|end|>\\n<|user|>\\n{user}<|end|>\\n<|assistant|>\\n{assistant}<|end|>\\n
 
 and a rendered conversation starts with bos. Role tokens, <|end|> and bos are inserted by
-id; every text piece ("\\n" and each message's content) is encoded on its own with
-`tokenizer.encode`, which never yields a control id. So a user who writes "<|end|>" gets
-the characters, not the token, and cannot close their own turn (template injection).
+id; the text between two of them (a role's header, "\\n", and the message's content) is
+encoded as one piece with `tokenizer.encode`, which never yields a control id. So a user who
+writes "<|end|>" gets the characters, not the token, and cannot close their own turn
+(template injection). Encoding header and content together is what a jinja template followed
+by the tokenizer does (transformers' apply_chat_template): content that opens with "\\n" or
+spaces may merge with the header's last "\\n" into one token ("\\n\\n"), and only the same
+merge gives the ids the model saw in pretraining. Such a token carries content, so it is
+counted as content; the header's tokens are those the header alone encodes to, up to where
+the two encodings part.
 
 Targets are pre-shifted (docs/DESIGN.md §2): with s the full token list, input_ids = s[:-1] and
 targets = s[1:], where targets[t] = -100 when the token s[t+1] is not trained.
@@ -21,7 +27,8 @@ Which tokens are trained, per mask mode (bos is never a target: nothing precedes
               conversation is trained, not just the last.
   "template"  every token except the template's own tokens, which are exactly:
                 - the role tokens <|system|>, <|user|>, <|assistant|>,
-                - the "\\n" right after each role token,
+                - the "\\n" right after each role token (its own token: content that
+                  opens with "\\n" and merges with it makes it content, see above),
                 - the "\\n" right after each <|end|>.
               Trained: the content of every message (system, user and assistant) and each
               message's <|end|>. This is "instruction modelling" (Shi et al., 2024,
@@ -150,11 +157,22 @@ def _render_tokens(messages, tokenizer, mask: str) -> tuple[list[int], list[bool
         content_on = mask != "prompt" or m["role"] == "assistant"
         scaffold_on = mask == "none"  # the role's opening and the separators of the template
         add([tokenizer.special_id(t.role_open[m["role"]])], scaffold_on)
-        add(tokenizer.encode(t.role_header[m["role"]]), scaffold_on)
-        add(tokenizer.encode(m["content"]), content_on)
+        header = tokenizer.encode(t.role_header[m["role"]])
+        text = tokenizer.encode(t.role_header[m["role"]] + m["content"])
+        n_header = _common_prefix(header, text)
+        add(text[:n_header], scaffold_on)
+        add(text[n_header:], content_on)
         add([tokenizer.special_id(t.end)], content_on)  # the end token goes with the content it closes
         add(tokenizer.encode(t.after_end), scaffold_on)
     return s, trained
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading ids a and b share (equal ids after equal ids cover equal text)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _shift(s: list[int], trained: list[bool]) -> tuple[list[int], list[int]]:
