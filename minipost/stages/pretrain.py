@@ -44,6 +44,8 @@ def add_args(p, stage):
     p.add_argument("--split-digits", default="on", choices=("on", "off"),
                    help="tokenizer: one token per digit (on) or BPE merges of digit runs (off)")
     p.add_argument("--schedule", default="rewarm", choices=SCHEDULES, help="learning-rate schedule (training.lr_at)")
+    p.add_argument("--train-file", default=None, help="plain-text JSONL {\"text\"} (default: the built-in corpus)")
+    p.add_argument("--val-file", default=None, help="held-out plain-text JSONL (default: the built-in one)")
     if stage == "pretrain":
         p.set_defaults(steps=900, batch_size=16, lr=3e-3, warmup=50)
     else:
@@ -110,20 +112,27 @@ def run(args):
         return GPT(preset(args.preset, tok.vocab_size, max_seq_len=max(args.seq_len, 256))), tok
 
     model, tok = common.prepare_model(args, fresh)
-    general = token_rows(datasets.read_texts(datasets.builtin("pretrain_train")), tok, args.seq_len)
+    # --train-file/--val-file stand in for the stage's own corpus (general text for pretrain,
+    # the new domain for cpt; the replayed general text stays the built-in one).
+    own = {"pretrain": ("pretrain_train", "pretrain_val"), "cpt": ("cpt_train", "cpt_val")}[args.stage]
+    train_file = args.train_file or datasets.builtin(own[0])
+    val_file = args.val_file or datasets.builtin(own[1])
+    general_file = train_file if args.stage == "pretrain" else datasets.builtin("pretrain_train")
+    general = token_rows(datasets.read_texts(general_file), tok, args.seq_len)
     if args.stage == "pretrain":
         sources = [(general, 1.0)]
     else:
         if not 0.0 <= args.replay < 1.0:
             raise SystemExit(f"train.py: error: --replay must be in [0, 1), got {args.replay}")
-        domain = token_rows(datasets.read_texts(datasets.builtin("cpt_train")), tok, args.seq_len)
+        domain = token_rows(datasets.read_texts(train_file), tok, args.seq_len)
         sources = [(domain, 1.0 - args.replay), (general, args.replay)]
 
-    general_val = token_rows(datasets.read_texts(datasets.builtin("pretrain_val")), tok, args.seq_len)[: args.eval_rows]
+    general_val_file = val_file if args.stage == "pretrain" else datasets.builtin("pretrain_val")
+    general_val = token_rows(datasets.read_texts(general_val_file), tok, args.seq_len)[: args.eval_rows]
     domain_val = None
     before = {}
     if args.stage == "cpt":
-        domain_val = token_rows(datasets.read_texts(datasets.builtin("cpt_val")), tok, args.seq_len)[: args.eval_rows]
+        domain_val = token_rows(datasets.read_texts(val_file), tok, args.seq_len)[: args.eval_rows]
         if not args.resume:
             before = {"domain_val_loss_before": rows_loss(model, domain_val),
                       "general_val_loss_before": rows_loss(model, general_val)}

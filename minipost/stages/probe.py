@@ -29,6 +29,8 @@ def add_args(p, stage):
     p.set_defaults(steps=150, batch_size=32, lr=3e-3, warmup=10)
     p.add_argument("--pooling", default="mean", choices=("mean", "last"), help="how hidden states become features")
     p.add_argument("--max-len", type=int, default=64, help="tokens per message (longer ones are cut)")
+    p.add_argument("--train-file", default=None, help="labeled JSONL {\"text\", \"label\"} (default: built-in intents)")
+    p.add_argument("--val-file", default=None, help="held-out labeled JSONL (default: built-in intents)")
 
 
 def encode(records, tok, max_len: int):
@@ -65,8 +67,8 @@ def run(args):
     n_train, n_total = peft.trainable_parameters(probe)
     args.trainable_params, args.total_params = n_train, n_total
 
-    train = encode(datasets.read_labeled(datasets.builtin("intent_train")), tok, args.max_len)
-    val = encode(datasets.read_labeled(datasets.builtin("intent_val")), tok, args.max_len)
+    train = encode(datasets.read_labeled(args.train_file or datasets.builtin("intent_train")), tok, args.max_len)
+    val = encode(datasets.read_labeled(args.val_file or datasets.builtin("intent_val")), tok, args.max_len)
     if int(train[2].max()) >= n_classes or int(val[2].max()) >= n_classes:
         raise SystemExit(f"train.py: error: a label is >= the number of classes ({n_classes})")
 

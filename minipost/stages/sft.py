@@ -12,9 +12,14 @@ restarted positions, so no compute goes to padding and no conversation sees anot
 `--packing off` pads each conversation to the longest in its batch (bench/packing.py
 compares the two).
 
-eval.json: val_loss (reply tokens of held-out conversations), format_rate, fact_accuracy
-and voice_rate of greedy replies (evaluate.py), with the starting model's numbers as
-*_before.
+Records: {"messages"}, {"prompt", "completion"} (strings or messages) or {"text"}
+(data.read_sft, tokenized by formats.sft_tokens). `--cpt-mix F` mixes plain text (--cpt-file,
+default the built-in CPT corpus) in at F of the trained tokens (mixture.joint_cpt_sft), so the
+new domain is learned in the same run without forgetting it again.
+
+eval.json: val_loss (reply tokens of held-out conversations), with the starting model's
+numbers as *_before; on the built-in data also format_rate, fact_accuracy and voice_rate of
+greedy replies (evaluate.py), which are Minimart judges and mean nothing on a user's own data.
 """
 from __future__ import annotations
 
@@ -26,12 +31,14 @@ import torch
 from minipost import data as datasets
 from minipost import distributed
 from minipost import evaluate as ev
-from minipost.chat import MASK_MODES, render_chat
+from minipost.chat import MASK_MODES
+from minipost.formats import sft_tokens
+from minipost.mixture import joint_cpt_sft
 from minipost.logprobs import scored_logits
 from minipost.losses import IGNORE_INDEX, sft_loss_sum
 from minipost.packing import batches, fit_sft, pack, pad_batch
 from minipost.stages import common
-from minipost.training import ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
+from minipost.training import SCHEDULES, ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
 
 
 def add_args(p, stage):
@@ -42,10 +49,14 @@ def add_args(p, stage):
     p.add_argument("--seq-len", type=int, default=256, help="tokens per row (longer conversations are cut)")
     p.add_argument("--train-file", default=None, help="SFT JSONL file (default: the built-in sft_train)")
     p.add_argument("--val-file", default=None, help="held-out SFT JSONL file (default: the built-in sft_val)")
+    p.add_argument("--schedule", default="rewarm", choices=SCHEDULES, help="learning-rate schedule (training.lr_at)")
+    p.add_argument("--cpt-mix", type=float, default=0.0,
+                   help="share of the trained tokens that is plain text from --cpt-file (0: none)")
+    p.add_argument("--cpt-file", default=None, help="plain-text JSONL mixed in (default: the built-in cpt_train)")
 
 
 def tokenize(records, tok, mask: str, seq_len: int, what: str):
-    docs = [render_chat(r["messages"], tok, mask) for r in records]
+    docs = [sft_tokens(r, tok, mask) for r in records]
     docs, counts = fit_sft(docs, seq_len)
     if counts["truncated"] or counts["dropped"]:
         print(f"[sft] {what}: {counts['truncated']} conversations truncated to {seq_len} tokens, "
@@ -90,19 +101,26 @@ def run(args):
 
     train_records = datasets.read_sft(args.train_file or datasets.builtin("sft_train"))
     val_records = datasets.read_sft(args.val_file or datasets.builtin("sft_val"))
-    train_rows = make_rows(tokenize(train_records, tok, args.mask, args.seq_len, "train"), tok,
-                           args.seq_len, args.packing)
+    train_docs = tokenize(train_records, tok, args.mask, args.seq_len, "train")
+    if args.cpt_mix > 0:
+        texts = datasets.read_texts(args.cpt_file or datasets.builtin("cpt_train"))
+        train_docs, stats = joint_cpt_sft(train_docs, texts, tok, args.cpt_mix, args.seq_len, args.seed)
+        print(f"[sft] --cpt-mix {args.cpt_mix}: {stats}", file=sys.stderr)
+    train_rows = make_rows(train_docs, tok, args.seq_len, args.packing)
     # The held-out loss is always on the replies ("prompt" mask), so runs with different
     # --mask settings are compared on the same tokens.
     val_rows = pack(tokenize(val_records, tok, "prompt", args.seq_len, "val"), args.seq_len, tok.pad_id)
-    eval_records = [r for r in val_records if "fact" in r.get("meta", {})][: args.max_eval]
+    own_data = args.train_file is not None or args.val_file is not None
+    # The Minimart judges (format, facts, voice) only mean something on the built-in data.
+    eval_records = [] if own_data else [r for r in val_records if "fact" in r.get("meta", {})][: args.max_eval]
     n_rows = train_rows["input_ids"].shape[0]
     per_epoch = -(-n_rows // args.batch_size)
     print(f"[sft] {len(train_records)} conversations -> {n_rows} rows of {args.seq_len} "
           f"(packing {args.packing}); {per_epoch} batches per epoch", file=sys.stderr)
 
     def evaluate() -> dict:
-        return {"val_loss": val_loss(model, val_rows), **ev.reply_metrics(model, tok, eval_records)}
+        replies = ev.reply_metrics(model, tok, eval_records) if eval_records else {}
+        return {"val_loss": val_loss(model, val_rows), **replies}
 
     before = {} if args.resume else {f"{k}_before": v for k, v in evaluate().items()}
 
