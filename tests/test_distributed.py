@@ -27,7 +27,7 @@ from minipost.stages import sft
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the order shipped kettle mug lamp arrives March refund return your tracking code thanks".split()
 CHECKPOINT_FILES = {"model.safetensors", "config.json", "tokenizer.model", "state.safetensors", "state.json",
-                    "metrics.jsonl", "eval.json"}
+                    "metrics.jsonl", "eval.json", "curves.png"}
 SEED = 1234
 
 

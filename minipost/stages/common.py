@@ -245,6 +245,12 @@ def finish(args, metrics: dict, started: float) -> dict:
         out = Path(args.out)
         checkpoint.write_json(metrics, out / "eval.json")
         print(f"[{args.stage}] eval: " + json.dumps(metrics))
+        try:  # the picture is a courtesy: a plotting problem must never fail a finished run
+            from minipost.plots import write_curves
+
+            write_curves(out)
+        except Exception as e:  # noqa: BLE001
+            print(f"[{args.stage}] warning: curves.png not written ({type(e).__name__}: {e})", file=sys.stderr)
         files = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
         print(f"[{args.stage}] wrote {out}: {', '.join(files)}")
         print(results_table(metrics))

@@ -32,6 +32,7 @@ def test_sft_runs_with_every_peft_method(base_dir, tmp_path, peft):
     assert all(0 <= ev[k] <= 1 for k in ("format_rate", "fact_accuracy", "voice_rate"))
     assert json.loads((out / "eval.json").read_text()) == ev
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # common.finish draws the curves
     if peft == "none":
         assert (out / "model.safetensors").is_file() and not (out / "adapter.safetensors").exists()
         assert ev["trainable_params"] == ev["total_params"]
