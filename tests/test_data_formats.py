@@ -8,20 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minipost.data import DataError, read_labeled, read_preferences, read_rl, read_sft, read_texts
+from tests.test_data import ASSISTANT, USER, write
 
 SYS = {"role": "system", "content": "Be brief."}
-USER = {"role": "user", "content": "Where is order 12?"}
-ASSISTANT = {"role": "assistant", "content": "It ships today."}
 USER2 = {"role": "user", "content": "And order 13?"}
 GOOD = {"role": "assistant", "content": "Order 13 shipped."}
 BAD = {"role": "assistant", "content": "No idea."}
-
-
-def write(tmp_path, lines, name="data.jsonl"):
-    path = tmp_path / name
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines),
-                    encoding="utf-8")
-    return path
 
 
 def assert_error(reader, path, line, expected):
