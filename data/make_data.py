@@ -5,10 +5,11 @@ Minimart is a small fictional online shop. From a fixed seed this script builds 
 
     pretrain_{train,val}.jsonl  {"text"}                      general shop English
     cpt_{train,val}.jsonl       {"text"}                      the new "Verdant" hydroponics line
-    sft_{train,val}.jsonl       {"messages", "meta"}          support tickets, mixed reply styles
-    pref_{train,val}.jsonl      {"prompt", "chosen", "rejected", "meta"}
-    rl_{train,val}.jsonl        {"prompt", "answer"}          order totals, checked by rewards.py
-    intent_{train,val}.jsonl    {"text", "label"}             + intent_labels.json
+    sft_{train,val,test}.jsonl      {"messages", "meta"}      support tickets, mixed reply styles
+    pref_{train,val,test}.jsonl     {"prompt", "chosen", "rejected", "meta"}
+    rl_{train,val,test}.jsonl       {"prompt", "answer"}      order totals, checked by rewards.py
+    intent_{train,val,test}.jsonl   {"text", "label"}         + intent_labels.json
+    general_{val,test}.jsonl        {"prompt", "answer", "kind"}   general questions (general.py)
 
 This file draws the splits and writes them; what goes into a record is in the modules beside it:
 
@@ -17,10 +18,16 @@ This file draws the splits and writes them; what goes into a record is in the mo
     corpus_pretrain.py  the pretraining corpus: its mix and the documents about orders
     corpus_shop.py      pretraining documents about the catalogue and the shop
     corpus_cpt.py       the CPT corpus (the Verdant hydroponics line)
+    general.py          general questions with short answers (the forgetting check)
 
 Only the standard library is used. Every file draws from its own random.Random seeded with
 "<seed>/<file kind>", so the same arguments always give the same bytes, and the RL flags
 change only the RL files. Val records are never copies of train records.
+
+The test split: settings are chosen on val and reported on test, which no choice has seen.
+Its records are drawn after train and val, from the same generator and excluding every
+record (and every order) drawn before, so adding it left the train and val files
+byte-identical (tests/data/test_make_data.py keeps their SHA-256s).
 
     python data/make_data.py [--out DIR] [--seed N] [--rl-items 1] [--rl-max-price N]
                              [--rl-max-qty N] [--scale F]
@@ -44,6 +51,7 @@ if str(HERE) not in sys.path:
 
 from corpus_cpt import cpt_doc  # noqa: E402
 from corpus_pretrain import pretrain_doc  # noqa: E402
+from general import general_questions  # noqa: E402
 from records import (INTENTS, RL_ITEMS, RL_MAX_PRICE, RL_MAX_QTY, intent_record, pref_record,  # noqa: E402
                      rl_record, sft_record)
 from world import OrderMaker, build_world  # noqa: E402
@@ -53,8 +61,9 @@ DEFAULT_OUT = HERE / "minimart"  # git-ignored; made on first use
 # Sizes at scale 1.0: bytes for text corpora, records for the rest.
 SIZES = {
     "pretrain": (3_000_000, 100_000), "cpt": (1_000_000, 50_000),
-    "sft": (4000, 200), "pref": (2000, 200), "rl": (2000, 200), "intent": (2000, 400),
+    "sft": (4000, 200, 200), "pref": (2000, 200, 200), "rl": (2000, 200, 200), "intent": (2000, 400, 400),
 }
+SPLITS = ("train", "val", "test")  # the text corpora have train and val only
 
 
 def _key(rec: dict) -> str:
@@ -65,11 +74,12 @@ def _key(rec: dict) -> str:
     return json.dumps(msgs)
 
 
-def _split(make, n_train: int, n_val: int, by_bytes: bool = False):
-    """Draw unique records (by _key) until each split reaches its count or byte size."""
+def _split(make, *targets: int, by_bytes: bool = False):
+    """Draw unique records (by _key) until each split reaches its count or byte size, in order
+    (train, val[, test]): a later split never changes the draws of an earlier one."""
     seen: set[str] = set()
     out = []
-    for target in (n_train, n_val):
+    for target in targets:
         recs, size, tries = [], 0, 0
         while (size if by_bytes else len(recs)) < target:
             tries += 1
@@ -107,10 +117,11 @@ def generate(out_dir, seed: int = 1234, rl_items=RL_ITEMS, rl_max_price: int = R
              scale: float = 1.0, verbose: bool = False) -> dict[str, Path]:
     """Write the Minimart files into `out_dir` and return {name: path}.
 
-    Names: pretrain_train, pretrain_val, cpt_train, cpt_val, sft_train, sft_val, pref_train,
-    pref_val, rl_train, rl_val, intent_train, intent_val (JSONL), intent_labels (JSON list of
-    label names) and manifest (JSON: the arguments and each file's size; written last).
-    `scale` multiplies every size (bytes for pretrain/cpt, record counts otherwise).
+    Names: pretrain_train, pretrain_val, cpt_train, cpt_val, then {sft, pref, rl, intent}_
+    {train, val, test}, general_val, general_test (JSONL), intent_labels (JSON list of label
+    names) and manifest (JSON: the arguments and each file's size; written last).
+    `scale` multiplies every size (bytes for pretrain/cpt, record counts otherwise; the
+    general questions are a fixed set and do not scale).
     The RL flags set the task's difficulty: items per order drawn from `rl_items`, unit
     prices 1..rl_max_price dollars, quantities 1..rl_max_qty.
     """
@@ -123,8 +134,8 @@ def generate(out_dir, seed: int = 1234, rl_items=RL_ITEMS, rl_max_price: int = R
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    def n(kind, i):
-        return max(1, round(SIZES[kind][i] * scale))
+    def n(kind):
+        return [max(1, round(size * scale)) for size in SIZES[kind]]
 
     def rng_for(kind):
         return random.Random(f"{seed}/{kind}")
@@ -132,25 +143,27 @@ def generate(out_dir, seed: int = 1234, rl_items=RL_ITEMS, rl_max_price: int = R
     r = rng_for("pretrain")
     om = OrderMaker(r, world)
     splits = {"pretrain": _split(lambda: {"text": pretrain_doc(r, world, om)},
-                                 n("pretrain", 0), n("pretrain", 1), by_bytes=True)}
+                                 *n("pretrain"), by_bytes=True)}
     r_c = rng_for("cpt")
-    splits["cpt"] = _split(lambda: {"text": cpt_doc(r_c)}, n("cpt", 0), n("cpt", 1), by_bytes=True)
+    splits["cpt"] = _split(lambda: {"text": cpt_doc(r_c)}, *n("cpt"), by_bytes=True)
     r_s = rng_for("sft")
     om_s = OrderMaker(r_s, world)
-    splits["sft"] = _split(lambda: sft_record(r_s, om_s), n("sft", 0), n("sft", 1))
+    splits["sft"] = _split(lambda: sft_record(r_s, om_s), *n("sft"))
     r_p = rng_for("pref")
     om_p = OrderMaker(r_p, world)
-    splits["pref"] = _split(lambda: pref_record(r_p, om_p), n("pref", 0), n("pref", 1))
+    splits["pref"] = _split(lambda: pref_record(r_p, om_p), *n("pref"))
     r_r = rng_for("rl")
     om_r = OrderMaker(r_r, world)
     splits["rl"] = _split(lambda: rl_record(r_r, om_r, rl_items, rl_max_price, rl_max_qty),
-                          n("rl", 0), n("rl", 1))
+                          *n("rl"))
     r_i = rng_for("intent")
-    splits["intent"] = _split(lambda: intent_record(r_i, world), n("intent", 0), n("intent", 1))
+    splits["intent"] = _split(lambda: intent_record(r_i, world), *n("intent"))
 
     paths: dict[str, Path] = {}
-    for kind, (train, val) in splits.items():
-        for split, recs in (("train", train), ("val", val)):
+    splits["general"] = {"val": general_questions("val"), "test": general_questions("test")}
+    for kind, drawn in splits.items():
+        named = drawn.items() if isinstance(drawn, dict) else zip(SPLITS, drawn)
+        for split, recs in named:
             p = out / f"{kind}_{split}.jsonl"
             _write_jsonl(p, recs)
             paths[f"{kind}_{split}"] = p

@@ -274,6 +274,9 @@ def read_labeled(path) -> list[dict]:
 def builtin(name: str, root: str | Path | None = None) -> Path:
     """Path of the built-in file data/minimart/{name}.jsonl (e.g. "sft_train").
 
+    Names: {pretrain, cpt}_{train, val}, {sft, pref, rl, intent}_{train, val, test} and
+    general_{val, test} (data/README.md). Settings are chosen on val; test is reported beside it.
+
     The files are generated from a fixed seed, not stored: on first use this runs
     data/make_data.py's generate(out_dir) and says so. A SHA-256 of the generator (every
     data/*.py file: make_data.py and the modules it imports) is kept beside the files

@@ -4,6 +4,8 @@
     fact_accuracy   the reply states the fact asked about (rewards.states_fact)
     voice_rate      the reply is in the shop's voice (rewards.is_shop_voice)
     task_accuracy   the reply's "Total: $N" equals the order total (rewards.task_reward)
+    general_accuracy  the reply to a general question (data/general.py) states its answer as
+                    a word (rewards.states_fact): the forgetting check on a pretrained base
 
 The judges are plain functions of text in rewards.py, so a learner can read exactly what
 counts as right.
@@ -73,3 +75,17 @@ def task_accuracy(model, tok, records: list[dict], max_new_tokens: int = 48) -> 
     """Fraction of RL prompts whose greedy reply gives the right total."""
     replies = greedy_replies(model, tok, [r["prompt"] for r in records], max_new_tokens)
     return sum(rewards.task_reward(t, r["answer"]) for (t, _), r in zip(replies, records)) / max(len(records), 1)
+
+
+def general_accuracy(model, tok, records: list[dict], max_new_tokens: int = 24) -> dict:
+    """general_accuracy (and general_accuracy_by_kind) over {"prompt", "answer", "kind"}
+    records: a greedy reply is right when it states the answer as a word, so "Paris." and
+    "The capital is Paris" count, "Parisian" and "17" for 7 do not (rewards.states_fact)."""
+    prompts = [[{"role": "user", "content": r["prompt"]}] for r in records]
+    replies = greedy_replies(model, tok, prompts, max_new_tokens)
+    by_kind: dict[str, list[bool]] = {}
+    for (text, _), r in zip(replies, records):
+        by_kind.setdefault(r["kind"], []).append(rewards.states_fact(text, r["answer"]))
+    hits = [hit for kind_hits in by_kind.values() for hit in kind_hits]
+    return {"general_accuracy": sum(hits) / max(len(hits), 1),
+            "general_accuracy_by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}}

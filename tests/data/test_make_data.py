@@ -3,7 +3,9 @@ grounding of every answer in its order record (recomputed here from the prompt t
 and fact judges on the SFT and preference data, RL totals and the CPT vocabulary split."""
 
 import datetime as dt
+import hashlib
 import importlib.util
+import itertools
 import json
 import re
 import shutil
@@ -28,6 +30,11 @@ import world  # noqa: E402
 SCALE = 0.1
 SEED = 7
 KINDS = ("pretrain", "cpt", "sft", "pref", "rl", "intent")
+WITH_TEST = ("sft", "pref", "rl", "intent")  # the kinds with a test split
+
+
+def splits_of(kind):
+    return ("train", "val", "test") if kind in WITH_TEST else ("train", "val")
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
           "October", "November", "December"]
 
@@ -93,8 +100,28 @@ def test_same_seed_same_bytes_and_different_seed_differs(files, tmp_path):
     assert set(again) == set(files)
     for name, path in files.items():
         assert again[name].read_bytes() == path.read_bytes(), name
-        if name != "intent_labels":
-            assert other[name].read_bytes() != path.read_bytes(), name
+        fixed = name == "intent_labels" or name.startswith("general_")  # the same for every seed
+        assert (other[name].read_bytes() == path.read_bytes()) == fixed, name
+
+
+# The files that existed before the test splits were added, and the SHA-256 over
+# "name sha256\n" lines of them (in this order) that the generator of that time wrote for
+# three argument sets: adding the test splits (drawn after train and val) left every one of
+# them byte-identical, so numbers measured before still hold.
+OLD_FILES = [f"{k}_{s}" for k in KINDS for s in ("train", "val")] + ["intent_labels"]
+OLD_DIGESTS = [
+    (dict(), "22dacd5102870419c41e42bccf58259c1a0b020dbe6fa9fa42d104dd828b5c69"),
+    (dict(seed=7, scale=0.05), "abadee0a19f4945c4021174f1a1ef6df1a38fde1cda3b99bea078eea2cb97fea"),
+    (dict(seed=99, scale=0.03, rl_items=(2, 3), rl_max_price=20, rl_max_qty=2),
+     "c3a66305463ddc31d94238d82c6fea9f650c785772c3ec4b329eb9706ea6296b"),
+]
+
+
+@pytest.mark.parametrize("kwargs,digest", OLD_DIGESTS)
+def test_files_from_before_the_test_splits_are_byte_identical(tmp_path, kwargs, digest):
+    paths = md.generate(tmp_path, **kwargs)
+    listing = "".join(f"{name} {hashlib.sha256(paths[name].read_bytes()).hexdigest()}\n" for name in OLD_FILES)
+    assert hashlib.sha256(listing.encode()).hexdigest() == digest
 
 
 def test_rl_flags_change_only_rl_files(files, tmp_path):
@@ -102,7 +129,7 @@ def test_rl_flags_change_only_rl_files(files, tmp_path):
     for name, path in files.items():
         same = hard[name].read_bytes() == path.read_bytes()
         assert same == (not name.startswith("rl_") and name != "manifest"), name
-    for rec in load(hard["rl_train"]) + load(hard["rl_val"]):
+    for rec in load(hard["rl_train"]) + load(hard["rl_val"]) + load(hard["rl_test"]):
         items = parse_record(rec["prompt"][-1]["content"])["items"]
         assert len(items) == 4
         assert all(1 <= p <= 5 and 1 <= q <= 3 for q, _, p in items)
@@ -112,10 +139,10 @@ def test_rl_flags_change_only_rl_files(files, tmp_path):
 # ----------------------------------------------------------------------------- files and formats
 
 def test_names_sizes_and_encoding(files, data):
-    expected = {f"{k}_{s}" for k in KINDS for s in ("train", "val")} | {"intent_labels", "manifest"}
-    assert set(files) == expected
+    expected = {f"{k}_{s}" for k in KINDS for s in splits_of(k)}
+    assert set(files) == expected | {"general_val", "general_test", "intent_labels", "manifest"}
     for kind in KINDS:
-        for i, split in enumerate(("train", "val")):
+        for i, split in enumerate(splits_of(kind)):
             target = max(1, round(md.SIZES[kind][i] * SCALE))
             if kind in ("pretrain", "cpt"):  # byte targets: reached, overshot by at most one document
                 size = files[f"{kind}_{split}"].stat().st_size
@@ -145,8 +172,8 @@ def _check_messages(msgs, last_role):
 
 
 def test_record_keys_and_types(data):
-    for split in ("train", "val"):
-        for kind in ("pretrain", "cpt"):
+    for split in ("train", "val", "test"):
+        for kind in ("pretrain", "cpt") if split != "test" else ():
             for r in data[f"{kind}_{split}"]:
                 assert set(r) == {"text"} and isinstance(r["text"], str) and r["text"].strip()
         for r in data[f"sft_{split}"]:
@@ -180,21 +207,25 @@ def _prompt_key(kind, r):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_val_is_held_out(data, kind):
-    train = [_prompt_key(kind, r) for r in data[f"{kind}_train"]]
-    val = [_prompt_key(kind, r) for r in data[f"{kind}_val"]]
-    assert len(set(train)) == len(train) and len(set(val)) == len(val)
-    assert not set(train) & set(val)
+def test_val_and_test_are_held_out(data, kind):
+    """No prompt (or text) repeats within a split or across train, val and test."""
+    keys = {split: [_prompt_key(kind, r) for r in data[f"{kind}_{split}"]] for split in splits_of(kind)}
+    for split, ks in keys.items():
+        assert len(set(ks)) == len(ks), split
+    for a, b in itertools.combinations(keys, 2):
+        assert not set(keys[a]) & set(keys[b]), (a, b)
     if kind in ("sft", "pref", "rl"):  # different orders, not just different wording
         def num(r):
             return parse_record((r["messages"] if kind == "sft" else r["prompt"])[1]["content"])["number"]
-        assert not {num(r) for r in data[f"{kind}_train"]} & {num(r) for r in data[f"{kind}_val"]}
+        numbers = {split: {num(r) for r in data[f"{kind}_{split}"]} for split in keys}
+        for a, b in itertools.combinations(numbers, 2):
+            assert not numbers[a] & numbers[b], (a, b)
 
 
 # ----------------------------------------------------------------------------- SFT
 
 def test_sft_answers_are_grounded_in_the_record(data):
-    for r in data["sft_train"] + data["sft_val"]:
+    for r in data["sft_train"] + data["sft_val"] + data["sft_test"]:
         msgs, meta = r["messages"], r["meta"]
         rec = parse_record(msgs[1]["content"])
         for t in range(meta["turns"]):
@@ -217,7 +248,7 @@ def test_sft_answers_are_grounded_in_the_record(data):
 
 def test_sft_voices(data):
     recs = data["sft_train"]
-    for r in recs + data["sft_val"]:
+    for r in recs + data["sft_val"] + data["sft_test"]:
         for m in r["messages"][2::2]:
             assert is_shop_voice(m["content"]) == (r["meta"]["voice"] == "shop")
             if r["meta"]["voice"] != "shop":  # no other style borrows either phrase
@@ -236,7 +267,7 @@ def test_sft_totals_two_turns_and_length(data):
     assert set(n_items) == {1, 2}
     two = sum(r["meta"]["turns"] == 2 for r in recs)
     assert 0.05 <= two / len(recs) <= 0.16
-    for r in recs + data["sft_val"]:
+    for r in recs + data["sft_val"] + data["sft_test"]:
         assert sum(len(m["content"].split()) for m in r["messages"]) <= 120
     assert {r["meta"]["intent"] for r in recs} == set(records.SFT_INTENTS)
 
@@ -245,7 +276,7 @@ def test_sft_totals_two_turns_and_length(data):
 
 def test_pref_chosen_and_rejected(data):
     kinds = Counter()
-    for r in data["pref_train"] + data["pref_val"]:
+    for r in data["pref_train"] + data["pref_val"] + data["pref_test"]:
         fact, kind = r["meta"]["fact"], r["meta"]["kind"]
         kinds[kind] += 1
         user = r["prompt"][1]["content"]
@@ -272,7 +303,7 @@ def test_pref_chosen_and_rejected(data):
 
 def test_rl_answers_recomputed_from_prompt(data):
     sizes, quantities = Counter(), Counter()
-    for r in data["rl_train"] + data["rl_val"]:
+    for r in data["rl_train"] + data["rl_val"] + data["rl_test"]:
         items = parse_record(r["prompt"][1]["content"])["items"]
         sizes[len(items)] += 1
         quantities.update(q for q, _, _ in items)
@@ -291,7 +322,7 @@ def test_cpt_vocabulary_only_in_cpt(data):
         assert term not in general, term
         assert term in domain, term
     others = "\n".join(json.dumps(r) for k in ("sft", "pref", "rl", "intent")
-                       for s in ("train", "val") for r in data[f"{k}_{s}"]).lower()
+                       for s in splits_of(k) for r in data[f"{k}_{s}"]).lower()
     assert not [t for t in corpus_cpt.CPT_TERMS if t in others]
     # the shop's voice is taught by SFT and preferences, never by the base corpus
     assert "hi there!" not in general and "happy shopping" not in general
@@ -333,9 +364,9 @@ def test_any_seed_and_flags_give_consistent_rl_and_sft(tmp_path_factory, seed, n
 def test_cli_prints_one_line_per_file(tmp_path, capsys):
     md.main(["--out", str(tmp_path), "--scale", "0.01", "--seed", "3", "--rl-items", "2,3"])
     lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
-    assert len(lines) == 13
+    assert len(lines) == 19  # 4 kinds x 3 splits, 2 corpora x 2, general val + test, intent_labels
     assert all(re.match(r"^\S+\.jsonl?: \d+ (records|labels), \d+ bytes$", l) for l in lines)
-    assert len(list(tmp_path.iterdir())) == 15  # 13 data files, manifest, GENERATOR_SHA256
+    assert len(list(tmp_path.iterdir())) == 21  # 19 data files, manifest, GENERATOR_SHA256
 
 
 def test_generated_data_is_current_for_builtin(tmp_path, capsys):
