@@ -3,17 +3,20 @@
 Post-training on shop tickets can cost a real model what it knew before (catastrophic
 forgetting; see e.g. Luo et al., 2023, "An Empirical Study of Catastrophic Forgetting in
 Large Language Models During Continual Fine-tuning"). To measure it, every post-training
-stage on a pretrained base reports general_accuracy before and after training
-(minipost/evaluate.py): the share of these questions whose greedy reply states the answer
+stage that generates (SFT, DPO, GRPO, RLOO, PPO) on a pretrained base reports
+general_accuracy before and after training (minipost/evaluate.py): the share of these questions whose greedy reply states the answer
 as a word (rewards.states_fact: case-insensitive, never part of a longer word or number).
 
     general_questions(split) -> [{"prompt": str, "answer": str, "kind": str}]
 
 The questions are written by the project, simple enough that SmolLM2-135M-Instruct
-answers most of them (docs/DESIGN.md gives its score per kind), and unambiguous: one
-answer each, never a word of the question itself. They are a fixed set, the same for every
-data seed and scale: half of each kind is the validation split (for choosing settings),
-the other half the test split (for reporting them). Only the standard library is used.
+answers most of them, and unambiguous: one answer each, never a word of the question
+itself. Kinds it could not do were dropped (greedy replies of the base model, fp32):
+the day after a weekday (1 of 4: "The day after Monday is Sunday"), the month after a
+month (2 of 6), colours of things (2 of 8: snow is "blue"), two-digit sums (0 of 5).
+They are a fixed set, the same for every data seed and scale: half of each kind is the
+validation split (for choosing settings), the other half the test split (for reporting
+them). Only the standard library is used.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ CAPITALS = [
     ("Ireland", "Dublin"), ("Austria", "Vienna"), ("Norway", "Oslo"), ("Sweden", "Stockholm"),
     ("Poland", "Warsaw"), ("Kenya", "Nairobi"), ("Thailand", "Bangkok"), ("Peru", "Lima"),
     ("Cuba", "Havana"), ("South Korea", "Seoul"), ("Hungary", "Budapest"), ("Finland", "Helsinki"),
+    ("the Netherlands", "Amsterdam"), ("Belgium", "Brussels"), ("Denmark", "Copenhagen"),
+    ("the Czech Republic", "Prague"), ("Scotland", "Edinburgh"), ("Argentina", "Buenos Aires"),
+    ("Chile", "Santiago"), ("Colombia", "Bogota"), ("Iran", "Tehran"), ("Iraq", "Baghdad"),
+    ("Vietnam", "Hanoi"), ("the Philippines", "Manila"), ("Indonesia", "Jakarta"), ("Afghanistan", "Kabul"),
+    ("Venezuela", "Caracas"), ("Iceland", "Reykjavik"), ("Saudi Arabia", "Riyadh"), ("Romania", "Bucharest"),
 ]
 
 OPPOSITES = [
@@ -36,37 +44,31 @@ OPPOSITES = [
     ("wet", "dry"), ("left", "right"), ("full", "empty"), ("early", "late"), ("rich", "poor"),
     ("push", "pull"), ("win", "lose"), ("good", "bad"), ("true", "false"), ("top", "bottom"),
     ("north", "south"), ("east", "west"), ("buy", "sell"), ("always", "never"), ("boy", "girl"),
-    ("summer", "winter"), ("high", "low"),
-]
-
-WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
-          "September", "October", "November", "December"]
-
-COLOURS = [
-    ("the sky on a clear day", "blue"), ("grass", "green"), ("snow", "white"), ("a banana", "yellow"),
-    ("coal", "black"), ("a ripe tomato", "red"), ("milk", "white"), ("a lemon", "yellow"),
-    ("a carrot", "orange"), ("chocolate", "brown"), ("blood", "red"), ("a crow", "black"),
-    ("a fresh leaf", "green"), ("a pumpkin", "orange"), ("a polar bear", "white"), ("the sea", "blue"),
+    ("summer", "winter"), ("high", "low"), ("love", "hate"), ("inside", "outside"), ("before", "after"),
+    ("alive", "dead"), ("thick", "thin"), ("heavy", "light"), ("strong", "weak"), ("clean", "dirty"),
+    ("cheap", "expensive"), ("young", "old"), ("male", "female"), ("asleep", "awake"),
 ]
 
 PLURALS = [
     ("cat", "cats"), ("dog", "dogs"), ("book", "books"), ("child", "children"), ("mouse", "mice"),
     ("foot", "feet"), ("tooth", "teeth"), ("man", "men"), ("woman", "women"), ("box", "boxes"),
     ("baby", "babies"), ("knife", "knives"), ("city", "cities"), ("bus", "buses"), ("tree", "trees"),
-    ("apple", "apples"),
+    ("apple", "apples"), ("goose", "geese"), ("wolf", "wolves"), ("leaf", "leaves"), ("person", "people"),
+    ("glass", "glasses"), ("church", "churches"), ("potato", "potatoes"), ("lady", "ladies"),
+    ("story", "stories"), ("house", "houses"), ("horse", "horses"),
 ]
 
 
 def _additions() -> list[tuple[str, str]]:
-    """Ten one-digit and ten two-digit-plus-one-digit sums, drawn once from a fixed seed."""
+    """Twelve distinct sums of two digits 1..9, drawn once from a fixed seed. (Two-digit sums
+    were dropped: SmolLM2-135M-Instruct got 0 of 5 of them, "77 + 5 = 122".)"""
     rng = random.Random("general/addition")
-    sums = []
-    for big in [False] * 10 + [True] * 10:
-        a = rng.randint(10, 89) if big else rng.randint(1, 9)
-        b = rng.randint(1, 9)
-        sums.append((f"What is {a} + {b}? Answer with a number.", str(a + b)))
-    return sums
+    pairs: list[tuple[int, int]] = []
+    while len(pairs) < 12:
+        pair = (rng.randint(1, 9), rng.randint(1, 9))
+        if pair not in pairs:
+            pairs.append(pair)
+    return [(f"What is {a} + {b}? Answer with a number.", str(a + b)) for a, b in pairs]
 
 
 def all_questions() -> dict[str, list[tuple[str, str]]]:
@@ -75,11 +77,6 @@ def all_questions() -> dict[str, list[tuple[str, str]]]:
         "capital": [(f"What is the capital of {c}? {ONE_WORD}", a) for c, a in CAPITALS],
         "addition": _additions(),
         "opposite": [(f"What is the opposite of {w}? {ONE_WORD}", a) for w, a in OPPOSITES],
-        "next_weekday": [(f"Which day of the week comes after {d}? {ONE_WORD}", WEEKDAYS[(i + 1) % 7])
-                         for i, d in enumerate(WEEKDAYS)],
-        "next_month": [(f"Which month comes after {m}? {ONE_WORD}", MONTHS[(i + 1) % 12])
-                       for i, m in enumerate(MONTHS)],
-        "colour": [(f"What colour is {thing}? {ONE_WORD}", a) for thing, a in COLOURS],
         "plural": [(f"What is the plural of {w}? {ONE_WORD}", a) for w, a in PLURALS],
     }
 
