@@ -4,8 +4,9 @@ Post-training on shop tickets can cost a real model what it knew before (catastr
 forgetting; see e.g. Luo et al., 2023, "An Empirical Study of Catastrophic Forgetting in
 Large Language Models During Continual Fine-tuning"). To measure it, every post-training
 stage that generates (SFT, DPO, GRPO, RLOO, PPO) on a pretrained base reports
-general_accuracy before and after training (minipost/evaluate.py): the share of these questions whose greedy reply states the answer
-as a word (rewards.states_fact: case-insensitive, never part of a longer word or number).
+general_accuracy before and after training (minipost/evaluate.py): the share of these
+questions whose greedy reply states the answer as a word (rewards.states_fact:
+case-insensitive, never part of a longer word or number).
 
     general_questions(split) -> [{"prompt": str, "answer": str, "kind": str}]
 

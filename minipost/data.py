@@ -271,6 +271,16 @@ def read_labeled(path) -> list[dict]:
     return out
 
 
+def read_general(path) -> list[dict]:
+    """{"prompt": str, "answer": str, "kind": str} per line: general questions (data/general.py)."""
+    out = []
+    for n, obj in _records(path):
+        for key in ("prompt", "answer", "kind"):
+            _field(obj, key, str, "a string", _where(path, n))
+        out.append(dict(obj))
+    return out
+
+
 def builtin(name: str, root: str | Path | None = None) -> Path:
     """Path of the built-in file data/minimart/{name}.jsonl (e.g. "sft_train").
 

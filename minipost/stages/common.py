@@ -172,6 +172,7 @@ def add_rl_args(g, group_size: int) -> None:
     """The flags every RL stage shares (GRPO, RLOO, PPO), on the argument group g."""
     g.add_argument("--train-file", type=Path, default=None, help="RL prompts JSONL (default: built-in rl_train)")
     g.add_argument("--val-file", type=Path, default=None, help="held-out RL prompts (default: built-in rl_val)")
+    add_test_arg(g, "rl_test")
     g.add_argument("--group-size", type=int, default=group_size, help="completions sampled per prompt (G, k)")
     g.add_argument("--prompts-per-step", type=int, default=8, help="prompts per rollout batch")
     g.add_argument("--max-new-tokens", type=int, default=64, help="completion length limit")
@@ -187,14 +188,23 @@ def load_prompts(args) -> tuple[list[dict], list[dict]]:
     return train, val
 
 
-def check_prompts_fit(train: list[dict], val: list[dict], tok, cfg, args) -> None:
+def load_test_prompts(args) -> list[dict] | None:
+    """The test split's RL prompts (--max-eval of them), None without one (test_path)."""
+    from minipost import data as datasets
+
+    path = test_path(args.test_file, args.val_file, "rl_test")
+    return datasets.read_rl(path)[: args.max_eval] if path else None
+
+
+def check_prompts_fit(train: list[dict], val: list[dict], tok, cfg, args, test: list[dict] | None = None) -> None:
     """Refuse (one line naming the file and records) RL prompts that, with --max-new-tokens,
     do not fit the model's context: generation would run past the last RoPE position."""
     from minipost.chat import generation_prompt
     from minipost.validate import check_prompts_fit as check
 
     for records, path in ((train, args.train_file or "the built-in rl_train"),
-                          (val, args.val_file or "the built-in rl_val")):
+                          (val, args.val_file or "the built-in rl_val"),
+                          (test or [], args.test_file or "the built-in rl_test")):
         check([len(generation_prompt(r["prompt"], tok)) for r in records], args.max_new_tokens, cfg.max_seq_len, path)
 
 
@@ -218,18 +228,91 @@ def step_rollout(model, tok, train: list[dict], step: int, args):
                    generator=sampling_generator(args.seed, distributed.shard_index(step), args.device))
 
 
-def accuracy_before(model, tok, val, args) -> float:
-    """The starting model's held-out task accuracy (kept in config.json, so --resume reuses it)."""
+def task_accuracies(model, tok, val, test, args) -> dict:
+    """task_accuracy on the validation prompts, test_task_accuracy on the test prompts (when
+    there are some), general_accuracy on a real model (held_out)."""
     from minipost.evaluate import task_accuracy
 
+    def measure(prompts):
+        return {"task_accuracy": task_accuracy(model, tok, prompts, max_new_tokens=args.max_new_tokens)}
+
+    return held_out(args, model, tok, measure, val, test)
+
+
+def accuracy_before(model, tok, val, args, test=None) -> dict:
+    """The starting model's task_accuracies as *_before (kept in config.json, so --resume
+    reuses them)."""
     cfg = Path(args.out) / "config.json"
     if args.resume and cfg.is_file():
         info = checkpoint.read_json(cfg)
         if "task_accuracy_before" in info:
-            return info["task_accuracy_before"]
-    acc = task_accuracy(model, tok, val, max_new_tokens=args.max_new_tokens)
-    print(f"[{args.stage}] task_accuracy_before = {acc:.3f} on {len(val)} held-out prompts", file=sys.stderr)
-    return acc
+            return {k: v for k, v in info.items() if k.endswith("_before")}
+    before = as_before(task_accuracies(model, tok, val, test, args))
+    print(f"[{args.stage}] task_accuracy_before = {before['task_accuracy_before']:.3f} on {len(val)} held-out prompts",
+          file=sys.stderr)
+    return before
+
+
+# ----------------------------------------------------------------------------- held-out numbers
+
+def add_test_arg(p, builtin_name: str) -> None:
+    """--test-file: the split reported beside --val-file (settings are chosen on val only)."""
+    p.add_argument("--test-file", type=Path, default=None,
+                   help=f"test JSONL reported beside the validation split (default: the built-in {builtin_name} "
+                        f"when --val-file is not given, else none: no test numbers)")
+
+
+def test_path(test_file, val_file, builtin_name: str):
+    """The test split to report: --test-file, else the built-in one when validation is on the
+    built-in data too, else None (own validation data and no --test-file: no test numbers)."""
+    from minipost import data as datasets
+
+    if test_file is not None:
+        return test_file
+    return datasets.builtin(builtin_name) if val_file is None else None
+
+
+def test_name(name: str) -> str:
+    """A validation metric's name on the test split: val_loss -> test_loss, fact_accuracy ->
+    test_fact_accuracy (and its start value test_fact_accuracy_before)."""
+    return "test_" + name.removeprefix("val_")
+
+
+def on_pretrained_base(init) -> bool:
+    """True when init is a real model ("smollm2", ...) or a run built on one (config.json
+    "base", followed back): a model that speaks English, so general questions mean something."""
+    for _ in range(32):  # a chain of runs is short; a cycle must not hang
+        if init is None or pretrained.is_pretrained_source(init):
+            return init is not None
+        cfg = Path(init) / "config.json"
+        if not cfg.is_file():
+            return False
+        init = checkpoint.read_json(cfg).get("base")
+    return False
+
+
+def held_out(args, model, tok, measure, val, test=None, general: bool = True) -> dict:
+    """The held-out numbers of eval.json: measure(val) under its own names, measure(test)
+    under test_name()s when there is a test split, and on a model built on a pretrained base
+    general_accuracy on general_val and test_general_accuracy on general_test (data/general.py,
+    --max-eval questions each; skipped on the built-in model, which speaks no English, and
+    with general=False: the reward model and the probe do not generate)."""
+    out = dict(measure(val))
+    if test is not None:
+        out.update({test_name(k): v for k, v in measure(test).items()})
+    if general and on_pretrained_base(args.init):
+        from minipost import data as datasets
+        from minipost.evaluate import general_accuracy
+
+        for split, prefix in (("general_val", ""), ("general_test", "test_")):
+            questions = datasets.read_general(datasets.builtin(split))[: args.max_eval]
+            out.update({prefix + k: v for k, v in general_accuracy(model, tok, questions).items()})
+    return out
+
+
+def as_before(metrics: dict) -> dict:
+    """The starting model's numbers under the names eval.json keeps them: name_before."""
+    return {f"{k}_before": v for k, v in metrics.items()}
 
 
 def finish(args, metrics: dict, started: float) -> dict:
@@ -259,14 +342,19 @@ def finish(args, metrics: dict, started: float) -> dict:
 
 
 def results_table(metrics: dict) -> str:
-    """The held-out numbers of eval.json as a small table: metric, value, and the starting
-    model's value where the stage measured it (key_before)."""
-    rows = [(k, v, metrics.get(f"{k}_before")) for k, v in metrics.items()
-            if isinstance(v, float) and not k.endswith("_before") and k != "wall_time_s"]
+    """The held-out numbers of eval.json as a small table: metric, value on the validation
+    split, the starting model's value where the stage measured it (key_before), and when
+    there is a test split the same two on it (test_name(key), test_name(key)_before)."""
+    names = [k for k, v in metrics.items() if isinstance(v, float) and k != "wall_time_s"
+             and not k.endswith("_before") and not k.startswith("test_")]
+    rows = [(k, metrics[k], metrics.get(f"{k}_before"), metrics.get(test_name(k)),
+             metrics.get(f"{test_name(k)}_before")) for k in names]
     if not rows:
         return ""
-    width = max(len(k) for k, _, _ in rows)
-    lines = [f"  {'held-out':<{width}}  {'value':>9}  {'before':>9}"]
-    for k, v, before in rows:
-        lines.append(f"  {k:<{width}}  {v:>9.4f}  " + (f"{before:>9.4f}" if isinstance(before, float) else f"{'':>9}"))
+    columns = ["value", "before"] + (["test", "test before"] if any(isinstance(r[3], float) for r in rows) else [])
+    width = max(len(k) for k in names)
+    cell = lambda v: f"{v:>11.4f}" if isinstance(v, float) else " " * 11  # noqa: E731
+    lines = [f"  {'held-out':<{width}}" + "".join(f"  {c:>11}" for c in columns)]
+    for k, *values in rows:
+        lines.append((f"  {k:<{width}}" + "".join(f"  {cell(v)}" for v in values[: len(columns)])).rstrip())
     return "\n".join(lines)

@@ -32,7 +32,9 @@ eval.json: pref_accuracy (held-out pref_val pairs whose implicit reward ranks th
 reply above the rejected one; also per pair kind where the data says, pref_accuracy_voice,
 pref_accuracy_hallucination), and the greedy-reply metrics of evaluate.py on held-out
 sft_val prompts (voice_rate, fact_accuracy, format_rate), also for the SFT model before
-training (*_before), so the effect of the stage shows in one file.
+training (*_before), so the effect of the stage shows in one file. The same on the test
+split (pref_test or --test-file, and sft_test without --eval-file) as test_pref_accuracy,
+test_fact_accuracy, ...; general_accuracy on a real model (common.held_out).
 
 Deviation: pairs longer than --max-len (default: the model's context) are dropped, not
 truncated, and counted in eval.json; cutting a reply would cut exactly the part (the end
@@ -76,6 +78,7 @@ def add_args(p, stage):
                    help="drop pairs longer than this (default: the model's context)")
     p.add_argument("--train-file", type=Path, default=None, help="preference JSONL (default: built-in pref_train)")
     p.add_argument("--val-file", type=Path, default=None, help="held-out preference JSONL (default: pref_val)")
+    common.add_test_arg(p, "pref_test")
     p.add_argument("--eval-file", type=Path, default=None,
                    help="held-out SFT JSONL with meta.fact, for the reply metrics (default: sft_val)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="reply length for the reply metrics")
@@ -150,6 +153,11 @@ def run(args):
     val_pairs, val_kept = tokenize_pairs(val_records, tok, max_len)
     dropped, val_dropped = len(train_records) - len(kept), len(val_records) - len(val_kept)
     eval_records = datasets.read_sft(args.eval_file or datasets.builtin("sft_val"))[: args.max_eval]
+    test_file = common.test_path(args.test_file, args.val_file, "pref_test")
+    test_records = datasets.read_preferences(test_file) if test_file else []
+    test_pairs, test_kept = tokenize_pairs(test_records, tok, max_len)
+    eval_test_file = common.test_path(None, args.eval_file, "sft_test")  # the reply metrics' test split
+    eval_test = datasets.read_sft(eval_test_file)[: args.max_eval] if eval_test_file else []
     if not train_pairs or not val_pairs:
         raise SystemExit(f"[dpo] no preference pair fits in --max-len {max_len}")
     print(f"[dpo] {len(train_pairs)} train pairs, {len(val_pairs)} held-out pairs "
@@ -166,24 +174,34 @@ def run(args):
     ref_train = None
     if args.resume and not peft:
         tables = checkpoint.load_tensors(ref_path)
-        ref_train, ref_val = tables["train"], tables["val"]
-        if len(ref_train) != len(train_pairs) or len(ref_val) != len(val_pairs):
+        ref_train, ref_val, ref_test = tables["train"], tables["val"], tables.get("test", torch.zeros(0, 2))
+        stored = (len(ref_train), len(ref_val), len(ref_test))
+        if stored != (len(train_pairs), len(val_pairs), len(test_pairs)):
             raise SystemExit(f"[dpo] {ref_path} does not match the data (different files or --max-len?)")
     else:
         t0 = time.time()
         with as_reference():
             ref_val = logps_table(model, val_pairs, tok.pad_id, reduction, device=args.device)
+            ref_test = logps_table(model, test_pairs, tok.pad_id, reduction, device=args.device)
             if not peft:
                 ref_train = logps_table(model, train_pairs, tok.pad_id, reduction, device=args.device)
                 if distributed.is_main():  # under torchrun only rank 0 writes
-                    checkpoint.save_tensors({"train": ref_train, "val": ref_val}, ref_path)
+                    tables = {"train": ref_train, "val": ref_val, **({"test": ref_test} if test_pairs else {})}
+                    checkpoint.save_tensors(tables, ref_path)
         print(f"[dpo] reference log-probs computed in {time.time() - t0:.1f}s", file=sys.stderr)
+
+    # Each held-out split: (pairs, their reference log-probs, their kinds, SFT records for the replies).
+    val = (val_pairs, ref_val, [val_records[i].get("meta", {}).get("kind") for i in val_kept], eval_records)
+    test = (test_pairs, ref_test, [test_records[i].get("meta", {}).get("kind") for i in test_kept], eval_test)
+    test = test if test_pairs or eval_test else None
+
+    def replies(records):
+        return reply_metrics(model, tok, records, args.max_new_tokens) if records else {}
 
     before = {}
     if not args.resume:
         with as_reference():
-            m = reply_metrics(model, tok, eval_records, args.max_new_tokens)
-        before = {f"{k}_before": v for k, v in m.items()}
+            before = common.as_before(common.held_out(args, model, tok, lambda split: replies(split[3]), val, test))
         print(f"[dpo] before: {before}", file=sys.stderr)
 
     def reference_logps(batch):
@@ -207,14 +225,15 @@ def run(args):
         return dpo_objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                              args.beta, args.loss_type, args.label_smoothing)
 
-    def evaluate():
-        policy_val = logps_table(model, val_pairs, tok.pad_id, reduction, device=args.device)
-        out = {"pref_accuracy": pref_accuracy(policy_val, ref_val)}
-        kinds = [val_records[i].get("meta", {}).get("kind") for i in val_kept]
+    def evaluate(pairs, ref, kinds, eval_records):
+        if not pairs:  # a test split of SFT prompts only
+            return replies(eval_records)
+        policy = logps_table(model, pairs, tok.pad_id, reduction, device=args.device)
+        out = {"pref_accuracy": pref_accuracy(policy, ref)}
         for kind in sorted({k for k in kinds if isinstance(k, str)}):  # e.g. voice, hallucination
             rows = torch.tensor([k == kind for k in kinds])
-            out[f"pref_accuracy_{kind}"] = pref_accuracy(policy_val[rows], ref_val[rows])
-        return {**out, **reply_metrics(model, tok, eval_records, args.max_new_tokens)}
+            out[f"pref_accuracy_{kind}"] = pref_accuracy(policy[rows], ref[rows])
+        return {**out, **replies(eval_records)}
 
     # Loop and save.
     optimizer = make_optimizer(model, args.lr)
@@ -232,10 +251,10 @@ def run(args):
                 acc.backward(*net(loss_fn, b, sync=j == len(micro) - 1))
             record = acc.result()
             record.update(lr=lr, grad_norm=clip_and_step(optimizer, record["loss"], step))
-            progress.log(step, record, items=acc.total, evaluate=evaluate)
+            progress.log(step, record, items=acc.total, evaluate=lambda: evaluate(*val))
     save(args.steps)
 
     # Evaluate on held-out data.
-    metrics = evaluate()
+    metrics = common.held_out(args, model, tok, lambda split: evaluate(*split), val, test)
     return common.finish(args, {**metrics, **before, "train_pairs": len(train_pairs), "dropped_pairs": dropped},
                          started)

@@ -120,11 +120,12 @@ def run(args):
         torch.nn.init.zeros_(head.proj.weight)
     head = head.to(args.device)
     train, val = common.load_prompts(args)
-    common.check_prompts_fit(train, val, tok, model.cfg, args)
+    test = common.load_test_prompts(args)
+    common.check_prompts_fit(train, val, tok, model.cfg, args, test)
     ref_scorer = reference_scorer(model, args.kl_coef, args.batch_size, common.reference_copy(args, args.kl_coef))
     held_out_accuracy = lambda: task_accuracy(model, tok, val, max_new_tokens=args.max_new_tokens)  # noqa: E731
 
-    before = common.accuracy_before(model, tok, val, args)
+    before = common.accuracy_before(model, tok, val, args, test)  # {"task_accuracy_before": ..., ...}
     optimizer = make_optimizer(model, args.lr)
     optimizer.add_param_group({"params": list(head.parameters()), "weight_decay": 0.0,
                                "lr": args.value_lr, "lr_scale": args.value_lr / args.lr})
@@ -140,7 +141,7 @@ def run(args):
             return
         Path(args.out).mkdir(parents=True, exist_ok=True)
         head.save(head_path)
-        common.save_stage(model, tok, args, optimizer, step, task_accuracy_before=before, value_head=VALUE_HEAD_FILE)
+        common.save_stage(model, tok, args, optimizer, step, **before, value_head=VALUE_HEAD_FILE)
 
     with Progress(args, start, save, optimizer) as progress:
         for step in range(start, args.steps):
@@ -186,6 +187,5 @@ def run(args):
             progress.log(step, distributed.mean_across_ranks(record),  # torchrun: the mean over the ranks
                          evaluate=lambda: {"val_task_accuracy": held_out_accuracy()})
     save(args.steps)
-    after = held_out_accuracy()
-    return common.finish(args, {"task_accuracy_before": before, "task_accuracy": after,
-                                "eval_prompts": len(val)}, started)
+    after = common.task_accuracies(model, tok, val, test, args)
+    return common.finish(args, {**before, **after, "eval_prompts": len(val)}, started)

@@ -7,7 +7,8 @@ base model's features separate the classes (Alain & Bengio, 2016; the probing se
 the CS324 adaptation lecture). The built-in task: the intent of a short support message
 (where is my order, return/refund, cancel, product question, complaint).
 
-eval.json: probe_accuracy (held-out), majority_baseline (the most frequent class's share).
+eval.json: probe_accuracy (held-out), majority_baseline (the most frequent class's share),
+and the same on the test split (intent_test or --test-file) as test_probe_accuracy, ...
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def add_args(p, stage):
     p.add_argument("--max-len", type=int, default=64, help="tokens per message (longer ones are cut)")
     p.add_argument("--train-file", default=None, help="labeled JSONL {\"text\", \"label\"} (default: built-in intents)")
     p.add_argument("--val-file", default=None, help="held-out labeled JSONL (default: built-in intents)")
+    common.add_test_arg(p, "intent_test")
 
 
 def encode(records, tok, max_len: int):
@@ -69,7 +71,9 @@ def run(args):
 
     train = encode(datasets.read_labeled(args.train_file or datasets.builtin("intent_train")), tok, args.max_len)
     val = encode(datasets.read_labeled(args.val_file or datasets.builtin("intent_val")), tok, args.max_len)
-    if int(train[2].max()) >= n_classes or int(val[2].max()) >= n_classes:
+    test_file = common.test_path(args.test_file, args.val_file, "intent_test")
+    test = encode(datasets.read_labeled(test_file), tok, args.max_len) if test_file else None
+    if max(int(split[2].max()) for split in (train, val, test) if split is not None) >= n_classes:
         raise SystemExit(f"train.py: error: a label is >= the number of classes ({n_classes})")
 
     def micro_batch(step, i):
@@ -106,6 +110,11 @@ def run(args):
             progress.log(step, record, items=acc.total,
                          evaluate=lambda: {"probe_accuracy": accuracy(probe, *val, device=args.device)})
     save(args.steps)
-    majority = torch.bincount(val[2], minlength=n_classes).max().item() / len(val[2])
-    return common.finish(args, {"probe_accuracy": accuracy(probe, *val, device=args.device),
-                                "majority_baseline": majority}, started)
+
+    def evaluate(input_ids, mask, labels):
+        majority = torch.bincount(labels, minlength=n_classes).max().item() / len(labels)
+        return {"probe_accuracy": accuracy(probe, input_ids, mask, labels, device=args.device),
+                "majority_baseline": majority}
+
+    return common.finish(args, common.held_out(args, model, tok, lambda split: evaluate(*split), val, test,
+                                               general=False), started)

@@ -19,7 +19,8 @@ the <|end|> that closes the reply.
 Outputs in --out: the model (or adapter) as every stage, plus the head as
 value_head.safetensors (load both with load_reward_model). eval.json: pair_accuracy, the
 fraction of held-out pref_val pairs with r_c > r_r (ties count as wrong), per pair kind
-where the data says (pair_accuracy_voice, ...), and the held-out rewards' mean and std.
+where the data says (pair_accuracy_voice, ...), and the held-out rewards' mean and std;
+the same on the test split (pref_test, or --test-file) as test_pair_accuracy, ...
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def add_args(p, stage):
                    help="drop pairs longer than this (default: the model's context)")
     p.add_argument("--train-file", type=Path, default=None, help="preference JSONL (default: built-in pref_train)")
     p.add_argument("--val-file", type=Path, default=None, help="held-out preference JSONL (default: pref_val)")
+    common.add_test_arg(p, "pref_test")
 
 
 def full_sequence(doc) -> list[int]:
@@ -130,6 +132,16 @@ def run(args):
         raise SystemExit(f"[rm] no preference pair fits in --max-len {max_len}")
     train_pairs = [(full_sequence(c), full_sequence(r)) for c, r in train_pairs]
     val_pairs = [(full_sequence(c), full_sequence(r)) for c, r in val_pairs]
+    val = (val_pairs, [val_records[i].get("meta", {}).get("kind") for i in val_kept])
+    test_file = common.test_path(args.test_file, args.val_file, "pref_test")
+    test = None
+    if test_file:
+        test_records = datasets.read_preferences(test_file)
+        test_pairs, test_kept = tokenize_pairs(test_records, tok, max_len)
+        if not test_pairs:
+            raise SystemExit(f"[rm] no test pair fits in --max-len {max_len}")
+        test = ([(full_sequence(c), full_sequence(r)) for c, r in test_pairs],
+                [test_records[i].get("meta", {}).get("kind") for i in test_kept])
     margins = torch.tensor([float(train_records[i].get("margin", args.margin)) for i in kept])
     dropped = len(train_records) - len(kept)
     print(f"[rm] {len(train_pairs)} train pairs, {len(val_pairs)} held-out pairs "
@@ -147,11 +159,10 @@ def run(args):
         margin = batch["margin"] if bool((batch["margin"] != 0).any()) else None
         return rm_objective(chosen, rejected, margin, args.center_coef)
 
-    def evaluate():
-        scores = score_pairs(rm, val_pairs, tok.pad_id, device=args.device)
+    def evaluate(pairs, kinds):  # kinds: each pair's meta.kind (None where the data has none)
+        scores = score_pairs(rm, pairs, tok.pad_id, device=args.device)
         out = {"pair_accuracy": pair_accuracy(scores[:, 0], scores[:, 1]),
                "reward_mean": scores.mean().item(), "reward_std": scores.std().item() if scores.numel() > 1 else 0.0}
-        kinds = [val_records[i].get("meta", {}).get("kind") for i in val_kept]
         for kind in sorted({k for k in kinds if isinstance(k, str)}):
             rows = torch.tensor([k == kind for k in kinds])
             out[f"pair_accuracy_{kind}"] = pair_accuracy(scores[rows, 0], scores[rows, 1])
@@ -178,10 +189,10 @@ def run(args):
                 acc.backward(*net(loss_fn, b, sync=j == len(micro) - 1))
             record = acc.result()
             record.update(lr=lr, grad_norm=clip_and_step(optimizer, record["loss"], step))
-            progress.log(step, record, items=acc.total, evaluate=evaluate)
+            progress.log(step, record, items=acc.total, evaluate=lambda: evaluate(*val))
     save(args.steps)
 
-    metrics = evaluate()
+    metrics = common.held_out(args, model, tok, lambda split: evaluate(*split), val, test, general=False)
     if not all(math.isfinite(v) for v in metrics.values()):
         raise SystemExit(f"[rm] held-out rewards are not finite: {metrics}")
     return common.finish(args, {**metrics, "train_pairs": len(train_pairs), "dropped_pairs": dropped}, started)

@@ -33,7 +33,8 @@ log-ratio per completion), clip fraction of the last inner epoch (always 0 with
 --inner-epochs 1, where ratio = 1), completion length, the share of groups whose G rewards
 are all equal (zero advantage: no learning signal), and the time of each part of the step.
 eval.json: task_accuracy_before (the starting model) and task_accuracy, greedy on the
-held-out rl_val prompts (at most --max-eval of them).
+held-out rl_val prompts (at most --max-eval of them); the same on rl_test (or --test-file) as
+test_task_accuracy(_before), and general_accuracy on a real model (common.held_out).
 
 Deviation from TRL's GRPOTrainer: one optimizer step per inner epoch over the whole rollout
 batch (gradients accumulated over micro-batches of --batch-size rows, weighted so the sum
@@ -98,16 +99,17 @@ def run(args):
     common.seed_everything(args.seed)
     model, tok = common.prepare_model(args)
     train, val = common.load_prompts(args)
-    common.check_prompts_fit(train, val, tok, model.cfg, args)
+    test = common.load_test_prompts(args)
+    common.check_prompts_fit(train, val, tok, model.cfg, args, test)
     ref_scorer = reference_scorer(model, args.beta, args.batch_size, common.reference_copy(args, args.beta))
     held_out_accuracy = lambda: task_accuracy(model, tok, val, max_new_tokens=args.max_new_tokens)  # noqa: E731
 
-    before = common.accuracy_before(model, tok, val, args)
+    before = common.accuracy_before(model, tok, val, args, test)  # {"task_accuracy_before": ..., ...}
     optimizer = make_optimizer(model, args.lr)
     net = distributed.wrap(model)  # DDP under torchrun
     start = common.resume_step(args, optimizer)
     save = lambda step: common.save_stage(model, tok, args, optimizer, step,  # noqa: E731
-                                          task_accuracy_before=before)
+                                          **before)
 
     with Progress(args, start, save, optimizer) as progress:
         for step in range(start, args.steps):
@@ -153,6 +155,5 @@ def run(args):
             progress.log(step, distributed.mean_across_ranks(record),  # torchrun: the mean over the ranks
                          evaluate=lambda: {"val_task_accuracy": held_out_accuracy()})
     save(args.steps)
-    after = held_out_accuracy()
-    return common.finish(args, {"task_accuracy_before": before, "task_accuracy": after,
-                                "eval_prompts": len(val)}, started)
+    after = common.task_accuracies(model, tok, val, test, args)
+    return common.finish(args, {**before, **after, "eval_prompts": len(val)}, started)

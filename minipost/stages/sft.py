@@ -20,6 +20,8 @@ new domain is learned in the same run without forgetting it again.
 eval.json: val_loss (reply tokens of held-out conversations), with the starting model's
 numbers as *_before; on the built-in data also format_rate, fact_accuracy and voice_rate of
 greedy replies (evaluate.py), which are Minimart judges and mean nothing on a user's own data.
+The same on the test split (sft_test, or --test-file) as test_loss, test_fact_accuracy, ...,
+and general_accuracy on a real model (common.held_out).
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ def add_args(p, stage):
     p.add_argument("--seq-len", type=int, default=256, help="tokens per row (longer conversations are cut)")
     p.add_argument("--train-file", default=None, help="SFT JSONL file (default: the built-in sft_train)")
     p.add_argument("--val-file", default=None, help="held-out SFT JSONL file (default: the built-in sft_val)")
+    common.add_test_arg(p, "sft_test")
     p.add_argument("--schedule", default="rewarm", choices=SCHEDULES, help="learning-rate schedule (training.lr_at)")
     p.add_argument("--cpt-mix", type=float, default=0.0,
                    help="share of the trained tokens that is plain text from --cpt-file (0: none)")
@@ -101,28 +104,36 @@ def run(args):
 
     train_records = datasets.read_sft(args.train_file or datasets.builtin("sft_train"))
     val_records = datasets.read_sft(args.val_file or datasets.builtin("sft_val"))
+    test_file = common.test_path(args.test_file, args.val_file, "sft_test")
     train_docs = tokenize(train_records, tok, args.mask, args.seq_len, "train")
     if args.cpt_mix > 0:
         texts = datasets.read_texts(args.cpt_file or datasets.builtin("cpt_train"))
         train_docs, stats = joint_cpt_sft(train_docs, texts, tok, args.cpt_mix, args.seq_len, args.seed)
         print(f"[sft] --cpt-mix {args.cpt_mix}: {stats}", file=sys.stderr)
     train_rows = make_rows(train_docs, tok, args.seq_len, args.packing)
-    # The held-out loss is always on the replies ("prompt" mask), so runs with different
-    # --mask settings are compared on the same tokens.
-    val_rows = pack(tokenize(val_records, tok, "prompt", args.seq_len, "val"), args.seq_len, tok.pad_id)
     own_data = args.train_file is not None or args.val_file is not None
-    # The Minimart judges (format, facts, voice) only mean something on the built-in data.
-    eval_records = [] if own_data else [r for r in val_records if "fact" in r.get("meta", {})][: args.max_eval]
+
+    def held_out_split(records, what):  # -> (rows for the loss, records for the reply metrics)
+        # The held-out loss is always on the replies ("prompt" mask), so runs with different
+        # --mask settings are compared on the same tokens.
+        rows = pack(tokenize(records, tok, "prompt", args.seq_len, what), args.seq_len, tok.pad_id)
+        # The Minimart judges (format, facts, voice) only mean something on the built-in data.
+        return rows, [] if own_data else [r for r in records if "fact" in r.get("meta", {})][: args.max_eval]
+
+    val = held_out_split(val_records, "val")
+    val_rows = val[0]  # the loss that --eval-every logs during training
+    test = held_out_split(datasets.read_sft(test_file), "test") if test_file else None
     n_rows = train_rows["input_ids"].shape[0]
     per_epoch = -(-n_rows // args.batch_size)
     print(f"[sft] {len(train_records)} conversations -> {n_rows} rows of {args.seq_len} "
           f"(packing {args.packing}); {per_epoch} batches per epoch", file=sys.stderr)
 
-    def evaluate() -> dict:
+    def evaluate(rows, eval_records) -> dict:
         replies = ev.reply_metrics(model, tok, eval_records) if eval_records else {}
-        return {"val_loss": val_loss(model, val_rows), **replies}
+        return {"val_loss": val_loss(model, rows), **replies}
 
-    before = {} if args.resume else {f"{k}_before": v for k, v in evaluate().items()}
+    held_out = lambda: common.held_out(args, model, tok, lambda split: evaluate(*split), val, test)  # noqa: E731
+    before = {} if args.resume else common.as_before(held_out())
 
     def micro_batch(step: int, i: int):
         k = distributed.shard_index(step * args.grad_accum + i)  # torchrun: rank r of W takes every W-th batch
@@ -150,4 +161,4 @@ def run(args):
             record.update(lr=lr, grad_norm=clip_and_step(optimizer, record["loss"], step))
             progress.log(step, record, items=acc.total, evaluate=lambda: {"val_loss": val_loss(model, val_rows)})
     save(args.steps)
-    return common.finish(args, {**evaluate(), **before}, started)
+    return common.finish(args, {**held_out(), **before}, started)

@@ -207,17 +207,21 @@ def metrics_lines(out):
 
 
 def test_smoke_run_full_fine_tuning(sft_dir):
-    ev = run_dpo(sft_dir, sft_dir / "full")
+    # --test-file: the validation pairs again, so the test numbers must equal the validation ones
+    ev = run_dpo(sft_dir, sft_dir / "full", "--test-file", str(sft_dir / "pref_val.jsonl"))
     on_disk = json.loads((sft_dir / "full" / "eval.json").read_text())
     for key in ("pref_accuracy", "pref_accuracy_voice", "pref_accuracy_hallucination",
                 "voice_rate", "fact_accuracy", "format_rate",
                 "voice_rate_before", "fact_accuracy_before", "format_rate_before"):
         assert 0.0 <= on_disk[key] <= 1.0, key
         assert on_disk[key] == ev[key]
+    for key in ("pref_accuracy", "pref_accuracy_voice", "pref_accuracy_hallucination"):
+        assert ev[f"test_{key}"] == ev[key]
+    assert not [k for k in ev if k.startswith("test_") and "rate" in k]  # --eval-file given: no sft_test replies
     assert ev["train_pairs"] == 12 and ev["dropped_pairs"] == 0
     assert (sft_dir / "full" / "model.safetensors").is_file()
     refs = checkpoint.load_tensors(sft_dir / "full" / "ref_logps.safetensors")
-    assert refs["train"].shape == (12, 2) and refs["val"].shape == (6, 2)
+    assert refs["train"].shape == (12, 2) and refs["val"].shape == (6, 2) and torch.equal(refs["test"], refs["val"])
     # every train and held-out pair precomputed, by the model before training (the SFT model)
     sft_model, _ = checkpoint.load_model(sft_dir / "sft")
     tok = Tokenizer(sft_dir / "sft" / "tokenizer.model")

@@ -129,14 +129,20 @@ def test_rloo_micro_batches_give_the_full_batch_gradient(rl_setup, small_tokeniz
 
 @pytest.mark.parametrize("stage,extra", [
     ("grpo", ["--inner-epochs", "2", "--epsilon-high", "0.28", "--beta", "0"]),  # no reference kept
-    ("rloo", ["--beta", "0.05"]),
+    ("rloo", ["--beta", "0.05", "--test-file", "VAL"]),  # the validation prompts as the test split too
 ])
 def test_stage_smoke_run(rl_setup, tmp_path, stage, extra):
     ckpt, train, val, _ = rl_setup
     out = tmp_path / stage
-    ev = cli.run(stage_args(stage, ckpt, train, val, out, *extra))
+    ev = cli.run(stage_args(stage, ckpt, train, val, out, *[str(val) if a == "VAL" else a for a in extra]))
     on_disk = json.loads((out / "eval.json").read_text())
     assert on_disk["task_accuracy"] == ev["task_accuracy"]
+    test_keys = {"test_task_accuracy", "test_task_accuracy_before"}
+    if "--test-file" in extra:  # greedy: the same prompts give the same numbers under the test names
+        assert ev["test_task_accuracy"] == ev["task_accuracy"]
+        assert ev["test_task_accuracy_before"] == ev["task_accuracy_before"]
+    else:  # own --val-file and no --test-file: no test numbers
+        assert not test_keys & set(ev)
     for key in ("task_accuracy_before", "task_accuracy"):
         assert 0.0 <= ev[key] <= 1.0
         assert ev[key] * 4 == round(ev[key] * 4)  # a fraction of the 4 held-out prompts
