@@ -15,6 +15,9 @@ answers most of them, and unambiguous: one answer each, never a word of the ques
 itself. Kinds it could not do were dropped (greedy replies of the base model, fp32):
 the day after a weekday (1 of 4: "The day after Monday is Sunday"), the month after a
 month (2 of 6), colours of things (2 of 8: snow is "blue"), two-digit sums (0 of 5).
+On the kept set the base model's general_accuracy on general_val is 0.81 (47 of 58; fp32,
+greedy, 24 new tokens): capitals 19/21, sums 5/6, opposites 12/17 ("the opposite of win is
+loss"), plurals 11/14 ("the plural of person is person").
 They are a fixed set, the same for every data seed and scale: half of each kind is the
 validation split (for choosing settings), the other half the test split (for reporting
 them). Only the standard library is used.
