@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from minipost import data as datasets
-from minipost import distributed, validate
+from minipost import checkpoint, distributed, validate
 from minipost.losses import reward_loss
 from minipost.data import tokenize_pairs
 from minipost.packing import pad_batch, pair_indices
@@ -107,7 +107,7 @@ def rm_objective(chosen, rejected, margin, center_coef):
 def load_reward_model(ckpt_dir: str | Path, device="cpu") -> tuple[RewardModel, object]:
     """A trained reward model (the stage's checkpoint plus value_head.safetensors) -> (rm, tokenizer)."""
     model, tok, _ = common.load_stage_model(ckpt_dir, device)
-    rm = RewardModel(model, ValueHead.load(Path(ckpt_dir) / HEAD_FILE)).to(device)
+    rm = RewardModel(model, ValueHead.load(checkpoint.checkpoint_dir(ckpt_dir) / HEAD_FILE)).to(device)
     return rm, tok
 
 
@@ -117,7 +117,7 @@ def run(args):
     model, tok = common.prepare_model(args)
     rm = RewardModel(model)
     if args.resume:
-        rm.head = ValueHead.load(Path(args.out) / HEAD_FILE).to(args.device)
+        rm.head = ValueHead.load(checkpoint.checkpoint_dir(args.out) / HEAD_FILE).to(args.device)
     max_len = args.max_len or model.cfg.max_seq_len
 
     # Data: full sequences of prompt + reply + <|end|>; a margin per pair.
@@ -161,11 +161,8 @@ def run(args):
     optimizer = make_optimizer(rm, args.lr)
     start = common.resume_step(args, optimizer)
 
-    def save(step):
-        if not distributed.is_main():  # under torchrun only rank 0 writes
-            return
-        common.save_stage(model, tok, args, optimizer, step, value_head=HEAD_FILE)
-        rm.head.save(Path(args.out) / HEAD_FILE)
+    def save(step):  # the head goes into the same checkpoint unit as the model
+        common.save_stage(model, tok, args, optimizer, step, heads={HEAD_FILE: rm.head}, value_head=HEAD_FILE)
 
     net = distributed.wrap(rm)  # DDP under torchrun: loss_fn runs inside its forward
     with Progress(args, start, save, optimizer) as progress:
