@@ -131,10 +131,17 @@ def test_sigkill_at_a_random_instant_then_resume_is_bit_exact(setup, tmp_path):
     rng = random.Random(seed)
     out = tmp_path / "killed"
     child = start_stage(argv(base, root, out), "none", tmp_path / "killed.log")
-    after = rng.randint(1, STEPS - 3)  # kill somewhere after the save of step `after`, well before the end
-    while (pointer_step(out) or 0) < after and child.poll() is None:
-        time.sleep(0.005)
-    time.sleep(rng.uniform(0.0, 0.4))  # a step of this run takes ~0.1-0.5 s: anywhere in the next step(s)
+
+    def wait_for_save(step: int) -> float:
+        while (pointer_step(out) or 0) < step and child.poll() is None:
+            time.sleep(0.002)
+        return time.time()
+
+    first = wait_for_save(1)
+    step_s = wait_for_save(2) - first  # how long a step (and its save) takes on this machine
+    after = rng.randint(2, STEPS - 3)
+    wait_for_save(after)
+    time.sleep(rng.uniform(0.0, 2 * step_s))  # anywhere in the next two steps, saves included
     assert child.poll() is None, f"seed {seed}: the run ended before the kill"
     child.send_signal(signal.SIGKILL)
     assert child.wait(timeout=60) == -signal.SIGKILL

@@ -17,7 +17,7 @@ model in one right-padded batch [2B, W]. The reward is read at the sequence's la
 the <|end|> that closes the reply.
 
 Outputs in --out: the model (or adapter) as every stage, plus the head as
-value_head.safetensors (load both with load_reward_model). eval.json: pair_accuracy, the
+value_head.safetensors in the same checkpoint unit (load both with load_reward_model). eval.json: pair_accuracy, the
 fraction of held-out pref_val pairs with r_c > r_r (ties count as wrong), per pair kind
 where the data says (pair_accuracy_voice, ...), and the held-out rewards' mean and std.
 """
