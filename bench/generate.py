@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minipost import data as datasets  # noqa: E402
+from minipost.checkpoint import current_checkpoint  # noqa: E402
 from minipost.chat import generation_prompt  # noqa: E402
 from minipost.config import preset  # noqa: E402
 from minipost.generate import generate  # noqa: E402
@@ -33,7 +34,7 @@ from minipost.tokenizer import Tokenizer  # noqa: E402
 
 def load(args):
     for d in ([args.init] if args.init else [Path("out/sft"), Path("out/pretrain")]):
-        if (Path(d) / "model.safetensors").is_file():
+        if current_checkpoint(d) is not None:  # a run (its current unit) or an earlier run's directory
             from minipost.stages.common import load_stage_model
 
             model, tok, _ = load_stage_model(d, args.device)

@@ -51,8 +51,8 @@ def child(name: str, args) -> dict:
     """One run in this (fresh) process -> {"loaded_mb", "peak_mb", "s_per_step"}."""
     import torch
 
+    from minipost import checkpoint, peft
     from minipost import data as datasets
-    from minipost import peft
     from minipost.config import preset
     from minipost.losses import sft_loss_sum
     from minipost.model import GPT
@@ -68,7 +68,7 @@ def child(name: str, args) -> dict:
     torch.manual_seed(0)
     stage, method, ref_mode = RUNS[name]
     init = Path(args.init)
-    if (init / "config.json").is_file():
+    if checkpoint.current_checkpoint(init) is not None:  # a run (its current unit) or an earlier run's directory
         model, tok, _ = common.load_stage_model(init)
     else:
         from minipost.stages.pretrain import get_tokenizer
@@ -136,7 +136,9 @@ def main():
         print(json.dumps(child(args.child, args)))
         return
 
-    where = args.init if (Path(args.init) / "config.json").is_file() else f"a fresh {args.preset!r} model"
+    from minipost import checkpoint
+
+    where = args.init if checkpoint.current_checkpoint(args.init) is not None else f"a fresh {args.preset!r} model"
     print(f"peak memory over {args.steps} steps, model: {where}\n")
     results = {}
     for name in RUNS:

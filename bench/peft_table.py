@@ -47,6 +47,9 @@ def main():
     args = p.parse_args()
     if args.child:
         return child(args.child)
+    sys.path.insert(0, str(ROOT))
+    from minipost import checkpoint
+
     rows = []
     for method in args.methods.split(","):
         out = Path(args.out) / method
@@ -58,7 +61,7 @@ def main():
             raise SystemExit(f"{method} failed:\n{proc.stderr[-3000:]}")
         peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
         ev = json.loads((out / "eval.json").read_text())
-        weights = out / ("model.safetensors" if method == "none" else "adapter.safetensors")
+        weights = checkpoint.checkpoint_dir(out) / ("model.safetensors" if method == "none" else "adapter.safetensors")
         rows.append((method, ev, weights.stat().st_size, seconds_per_step(out / "metrics.jsonl"), peak))
     print(f"\nSFT, {args.steps} steps each, from {args.init}\n")
     print("| method | trainable params | % of total | checkpoint on disk | s/step | peak RSS (MB) "

@@ -13,16 +13,22 @@ A kill at any instant leaves the pointer naming either the previous unit or the 
 both complete, never a mix; a unit the pointer does not name (a kill between the rename and
 the pointer) is ignored and removed by the next save, as are files of an older layout. Every
 safetensors file carries the unit's step in its metadata and every JSON file a
-"checkpoint_step" field; loading refuses a unit whose files disagree.
+"checkpoint_step" field; loading refuses a unit whose files disagree. Every stage saves
+this way (stages/common.save_stage), the final save after the last step included.
 
 Layout of a checkpoint directory (a unit, or a whole run directory written by an earlier
-minipost, which still loads: `current_checkpoint` returns the directory itself):
+minipost, which still loads: `current_checkpoint` returns the directory itself). Readers
+take it from `checkpoint_dir(run)`, which understands both layouts:
     model.safetensors   the weights (full fine-tuning / pretraining)
     adapter.safetensors only the trained PEFT tensors (see peft/__init__.py), + adapter.json
+    value_head.safetensors  the reward model's or PPO critic's head (rm, ppo)
     config.json         {"model": GPTConfig fields, "stage": ..., "tokenizer": ..., ...}
+    tokenizer.model     the tokenizer (a real model's: tokenizer.json, tokenizer_config.json,
+                        template.json), kept as is: no step in it
     state.safetensors   optimizer moments and RNG state, for --resume
     state.json          step counters, data position, optimizer hyperparameters
-    manifest.json       (units only) the step and every file's size, written last
+    manifest.json       (units only) the step, every file's size, the files without a step
+                        ("unstamped"), written last
 
 Single files are written to a temporary name in the same directory and renamed into place
 (os.replace is atomic on POSIX). Loading checks the config and every tensor's name and
@@ -214,7 +220,8 @@ def load_train_state(ckpt_dir: str | Path, optimizer: torch.optim.Optimizer) -> 
 POINTER, MANIFEST, STEP_KEY = "checkpoint.json", "manifest.json", "checkpoint_step"
 # What the single-directory layout kept in the run directory itself; a unit replaces them all.
 LEGACY_FILES = ("model.safetensors", "adapter.safetensors", "adapter.json", "config.json", "state.safetensors",
-                "state.json", "value_head.safetensors", "tokenizer.model")
+                "state.json", "value_head.safetensors", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                "template.json")
 WEIGHT_FILES = ("model.safetensors", "adapter.safetensors")
 
 
@@ -239,14 +246,18 @@ def _unit_name(out_dir: Path, step: int) -> str:
 
 def save_checkpoint(out_dir: str | Path, step: int, tensors_by_file: dict[str, dict[str, torch.Tensor]],
                     json_by_file: dict[str, dict], optimizer: torch.optim.Optimizer | None = None,
-                    copy_files: dict[str, str | Path] | None = None) -> Path:
+                    copy_files: dict[str, str | Path] | None = None, write_files=None) -> Path:
     """Write one step as a unit and make it current -> the unit directory.
 
     tensors_by_file: file name -> {tensor name -> tensor}, e.g. {"model.safetensors": ...,
     "value_head.safetensors": ...}; json_by_file: file name -> object ({"config.json": ...});
     optimizer: its state and the RNG state go to state.safetensors / state.json (counters
-    {"step": step}); copy_files: file name -> source path copied as is (tokenizer.model).
-    Refuses (NonFiniteError) before writing anything if a float tensor holds a NaN or inf.
+    {"step": step}); copy_files: file name -> source path copied as is (tokenizer.model);
+    write_files: a function that writes more files into the unit's directory it is given
+    (a tokenizer's save). Copied and written files are kept as they are, without the step:
+    the manifest lists them as "unstamped" and checks only their size.
+    Refuses (NonFiniteError) before writing anything if a float tensor holds a NaN or inf
+    (the optimizer's moments included: a NaN there poisons every later step).
     """
     from minipost import guards
 
@@ -266,10 +277,15 @@ def save_checkpoint(out_dir: str | Path, step: int, tensors_by_file: dict[str, d
             save_file(tensors, str(tmp / fname), metadata={STEP_KEY: str(step)})
         for fname, obj in json_by_file.items():
             (tmp / fname).write_text(json.dumps({**obj, STEP_KEY: step}, indent=2, sort_keys=True) + "\n")
+        stamped = {p.name for p in tmp.iterdir()}
         for fname, src in (copy_files or {}).items():
             shutil.copyfile(src, tmp / fname)
+        if write_files is not None:
+            write_files(tmp)
         sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
-        (tmp / MANIFEST).write_text(json.dumps({STEP_KEY: step, "files": sizes}, indent=2) + "\n")
+        unstamped = sorted(set(sizes) - stamped)
+        (tmp / MANIFEST).write_text(json.dumps({STEP_KEY: step, "files": sizes, "unstamped": unstamped},
+                                               indent=2) + "\n")
         for p in tmp.iterdir():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
@@ -324,6 +340,19 @@ def current_checkpoint(run_dir: str | Path) -> Path | None:
     return run_dir if present else None
 
 
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """The directory to read a run's checkpoint files from, checked whole -> its current unit,
+    or the run directory itself for the single-directory layout of earlier runs. Every reader
+    of a run (load_stage_model, --resume, chat, export, merge, the value heads) goes through
+    here, so both layouts load everywhere. CheckpointError if the run holds no checkpoint."""
+    ckpt = current_checkpoint(run_dir)
+    if ckpt is None:
+        raise CheckpointError(f"{run_dir}: no checkpoint (neither {POINTER} nor model.safetensors / "
+                              f"adapter.safetensors)")
+    verify_checkpoint(ckpt)
+    return ckpt
+
+
 def tensor_file_step(path: str | Path) -> int | None:
     """The checkpoint step in a safetensors file's metadata (None if it carries none)."""
     try:
@@ -342,11 +371,14 @@ def verify_checkpoint(ckpt_dir: str | Path) -> int | None:
         return None
     manifest = read_json(ckpt_dir / MANIFEST)
     step = manifest.get(STEP_KEY)
+    unstamped = set(manifest.get("unstamped", []))
     for fname, size in manifest.get("files", {}).items():
         path = ckpt_dir / fname
         if not path.is_file() or path.stat().st_size != size:
             raise CheckpointError(f"{path}: missing or of the wrong size (the manifest of step {step} says "
                                   f"{size} bytes); the checkpoint is incomplete")
+        if fname in unstamped:  # copied as is (the tokenizer): its size is all there is to check
+            continue
         if fname.endswith(".safetensors"):
             found = tensor_file_step(path)
         elif fname.endswith(".json"):

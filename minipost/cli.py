@@ -184,7 +184,8 @@ def check_out(args: argparse.Namespace) -> None:
     if args.stage == "export":  # its --out is a Hugging Face directory, not a run
         return run_dir.check_writable(args.out)
     base = str(args.init) if args.init is not None else None
-    run_dir.check_out_dir(args.out, args.init, args.stage, {"peft": args.peft, "base": base},
+    peft = "probe" if args.stage == "probe" else args.peft  # what the run records (probe.py sets it)
+    run_dir.check_out_dir(args.out, args.init, args.stage, {"peft": peft, "base": base},
                           args.resume, args.overwrite)
     run_dir.check_writable(args.out)
 

@@ -21,6 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
+from minipost import checkpoint
+
 # The order of the adaptation workflow; any other stage directory follows, sorted.
 STAGE_ORDER = ("pretrain", "cpt", "sft", "probe", "rm", "dpo", "grpo", "rloo", "ppo")
 BARS = "▁▂▃▄▅▆▇█"
@@ -164,8 +166,9 @@ def render_runs(runs, out_dir, plots: bool = True) -> str:
     for name, run in zip(_run_names(runs), runs):
         ev = json.loads((run / "eval.json").read_text())
         stage = ""
-        if (run / "config.json").is_file():
-            stage = json.loads((run / "config.json").read_text()).get("stage") or ""
+        ckpt = checkpoint.current_checkpoint(run) or run  # the current unit (or an earlier run's directory)
+        if (ckpt / "config.json").is_file():
+            stage = json.loads((ckpt / "config.json").read_text()).get("stage") or ""
         sec = [f"## {name}" + (f" ({stage})" if stage else ""), "", f"`{run}`", ""]
         sec += _numbers_table(ev)
         for key in sorted(k for k, v in ev.items() if k.endswith("_by_intent") and isinstance(v, dict)):

@@ -24,8 +24,10 @@ from pathlib import Path
 
 from minipost import checkpoint
 
-# Files and directories a run writes at its top level (checkpoint units aside).
-RUN_FILES = ("metrics.jsonl", "eval.json", "curves.png", checkpoint.POINTER, *checkpoint.LEGACY_FILES)
+# Files and directories a run writes at its top level (checkpoint units aside; DPO's reference
+# log-probs are computed once per run, not per step, so they stay beside the units).
+RUN_FILES = ("metrics.jsonl", "eval.json", "curves.png", "ref_logps.safetensors", checkpoint.POINTER,
+             *checkpoint.LEGACY_FILES)
 
 
 def _fail(msg: str):

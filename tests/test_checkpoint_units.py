@@ -170,3 +170,34 @@ def test_interrupted_unit_write_keeps_the_previous_unit(tmp_path, monkeypatch):
                                                   "value_head.safetensors": {"proj.weight": torch.ones(1, 64)}}, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "step-000010"]
     assert torch.equal(checkpoint.load_model(tmp_path)[0].tok_emb.weight, tiny(0).tok_emb.weight)
+
+
+def test_written_files_are_kept_as_is_and_checked_by_size(tmp_path):
+    """write_files (a tokenizer's save) writes files save_checkpoint does not stamp: the manifest
+    lists them as unstamped, verify accepts them without a step and refuses them cut short."""
+    def tokenizer_save(directory):
+        (directory / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}}')
+        (directory / "tokenizer.model").write_bytes(b"\x00" * 300)
+
+    unit = checkpoint.save_checkpoint(tmp_path, 7, {"model.safetensors": checkpoint.model_tensors(tiny())}, {},
+                                      write_files=tokenizer_save)
+    manifest = json.loads((unit / "manifest.json").read_text())
+    assert manifest["unstamped"] == ["tokenizer.json", "tokenizer.model"]
+    assert manifest["files"]["tokenizer.model"] == 300
+    assert json.loads((unit / "tokenizer.json").read_text()) == {"model": {"vocab": {"a": 0}}}  # no step added
+    assert checkpoint.checkpoint_dir(tmp_path) == unit and checkpoint.verify_checkpoint(unit) == 7
+    (unit / "tokenizer.model").write_bytes(b"\x00" * 299)
+    with pytest.raises(CheckpointError, match=r"tokenizer.model: missing or of the wrong size .*300 bytes"):
+        checkpoint.checkpoint_dir(tmp_path)
+
+
+def test_checkpoint_dir_reads_both_layouts_and_names_an_empty_run(tmp_path):
+    legacy = tmp_path / "legacy"
+    checkpoint.save_model(tiny(), legacy, stage="sft")
+    assert checkpoint.checkpoint_dir(legacy) == legacy  # the earlier single-directory layout
+    units = tmp_path / "units"
+    save_full(tiny(), units, 3)
+    assert checkpoint.checkpoint_dir(units) == units / "step-000003"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"empty: no checkpoint \(neither checkpoint.json nor"):
+        checkpoint.checkpoint_dir(tmp_path / "empty")

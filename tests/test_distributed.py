@@ -26,8 +26,10 @@ from minipost.stages import sft
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the order shipped kettle mug lamp arrives March refund return your tracking code thanks".split()
+# A 3-step run: the pointer and the unit of step 3 beside the logs; the unit's own files.
+RUN_FILES = {"checkpoint.json", "step-000003", "metrics.jsonl", "eval.json", "curves.png"}
 CHECKPOINT_FILES = {"model.safetensors", "config.json", "tokenizer.model", "state.safetensors", "state.json",
-                    "metrics.jsonl", "eval.json", "curves.png"}
+                    "manifest.json"}
 SEED = 1234
 
 
@@ -103,7 +105,7 @@ def assert_same_training(one: Path, two: Path, keys, init: Path, lr: float):
     for r1, r2 in zip(m1, m2):
         for k in keys:
             assert abs(r1[k] - r2[k]) <= 1e-5, (k, r1, r2)
-    w1, w2, w0 = (load_file(d / "model.safetensors") for d in (one, two, init))
+    w1, w2, w0 = (load_file(checkpoint.checkpoint_dir(d) / "model.safetensors") for d in (one, two, init))
     assert w1.keys() == w2.keys()
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= lr / 50
     # ...and training moved the weights far more than that, so the equality means something.
@@ -150,7 +152,8 @@ def test_sft_two_processes_equal_one_with_twice_the_batch(setup, tmp_path):
     ev2 = json.loads((two / "eval.json").read_text())
     assert abs(ev1["val_loss"] - ev2["val_loss"]) <= 1e-5
     # Only rank 0 wrote: the files of a one-process run, nothing else, nowhere else.
-    assert set(os.listdir(two)) == set(os.listdir(one)) == CHECKPOINT_FILES
+    assert set(os.listdir(two)) == set(os.listdir(one)) == RUN_FILES
+    assert set(os.listdir(two / "step-000003")) == set(os.listdir(one / "step-000003")) == CHECKPOINT_FILES
     assert os.listdir(work) == ["sft"]
 
 
@@ -171,5 +174,6 @@ def test_dpo_two_processes_equal_one_with_twice_the_batch(setup, tmp_path):
                                     "rewards/accuracies", "rewards/margins"), base, lr=1e-3)
     ev2 = json.loads((two / "eval.json").read_text())
     assert ev1["pref_accuracy"] == ev2["pref_accuracy"]
-    assert set(os.listdir(two)) == set(os.listdir(one)) == CHECKPOINT_FILES | {"ref_logps.safetensors"}
+    assert set(os.listdir(two)) == set(os.listdir(one)) == RUN_FILES | {"ref_logps.safetensors"}
+    assert set(os.listdir(two / "step-000003")) == set(os.listdir(one / "step-000003")) == CHECKPOINT_FILES
     assert os.listdir(work) == ["dpo"]

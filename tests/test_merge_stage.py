@@ -26,7 +26,7 @@ def merge(monkeypatch, root, out, *flags):
 
 
 def weights(path):
-    return checkpoint.load_tensors(path / "model.safetensors")
+    return checkpoint.load_tensors(checkpoint.checkpoint_dir(path) / "model.safetensors")  # either layout
 
 
 @pytest.mark.parametrize("flags,expected", [
@@ -47,8 +47,9 @@ def test_merge_stage_saves_the_pure_functions_result(monkeypatch, runs, flags, e
     got = weights(out)
     assert sorted(got) == sorted(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
-    assert (out / "tokenizer.model").read_bytes() == (runs / "a" / "tokenizer.model").read_bytes()
-    info = checkpoint.read_json(out / "config.json")
+    unit = checkpoint.checkpoint_dir(out)  # the merge is saved as a checkpoint unit, like a training run
+    assert (unit / "tokenizer.model").read_bytes() == (runs / "a" / "tokenizer.model").read_bytes()
+    info = checkpoint.read_json(unit / "config.json")
     assert info["stage"] == "merge" and info["merge"]["method"] == flags[1]
     # The output is an ordinary checkpoint: it loads, and its forward uses the merged weights.
     model, _ = checkpoint.load_model(out)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from minipost import cli, pretrained
-from minipost.checkpoint import CheckpointError, read_json
+from minipost.checkpoint import CheckpointError, checkpoint_dir, read_json
 from minipost.gguf_reader import minipost_name as gguf_to_minipost, permute_rows, unpermute_rows
 from minipost.stages.common import load_stage_model
 from tests.tiny_models import converter_permute, make_gguf, make_hf_dir
@@ -165,9 +165,12 @@ def test_sft_from_an_hf_dir_records_an_absolute_base_and_exports(tmp_path, hf_di
     monkeypatch.chdir(src)
     shutil.copytree(hf_dir[0], src / "base")
     cli.run(["--stage", "sft", "--init", "base", "--out", "run", "--peft", peft, *TINY])
-    info = read_json(src / "run" / "config.json")
+    unit = checkpoint_dir(src / "run")  # verified: the tokenizer's JSON files are kept as is ("unstamped")
+    info = read_json(unit / "config.json")
     assert info["base"] == str((src / "base").resolve())
-    assert {"tokenizer.json", "tokenizer_config.json", "template.json"} <= {p.name for p in (src / "run").iterdir()}
+    tokenizer_files = {"tokenizer.json", "tokenizer_config.json", "template.json"}
+    assert tokenizer_files <= {p.name for p in unit.iterdir()}
+    assert tokenizer_files <= set(read_json(unit / "manifest.json")["unstamped"])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -27,8 +27,9 @@ def assert_saved_weights_finite_and_load(out: Path, failed_at: int | None):
         for name, t in load_file(f).items():
             if t.is_floating_point():
                 assert torch.isfinite(t).all(), f"{f}: {name} holds NaN/inf"
-    if (out / "state.json").is_file():
-        step = json.loads((out / "state.json").read_text())["counters"]["step"]
+    unit = checkpoint.current_checkpoint(out)
+    if unit is not None and (unit / "state.json").is_file():
+        step = json.loads((unit / "state.json").read_text())["counters"]["step"]
         if failed_at is not None:
             assert step == failed_at - 1
         model, _ = checkpoint.load_model(out)
@@ -51,7 +52,7 @@ def test_sft_with_an_absurd_lr_stops_and_keeps_finite_checkpoints(base_dir, tmp_
     args = ["--stage", "sft", "--init", str(base_dir), "--out", str(out), *TINY, "--steps", "6",
             "--lr", "1e30", "--warmup", "0", "--save-every", "1"]
     err = diverge(lambda: cli.run(args), out)
-    assert err.step is not None and (out / "state.json").is_file()
+    assert err.step is not None and (checkpoint.checkpoint_dir(out) / "state.json").is_file()
 
 
 def test_dpo_with_an_absurd_lr_stops_and_keeps_finite_checkpoints(sft_dir, tmp_path):  # noqa: F811
@@ -80,17 +81,20 @@ def test_a_nan_gradient_with_a_finite_loss_stops_before_the_update():
     assert torch.equal(w.detach(), torch.ones(3))  # the weights did not move
 
 
-def test_resume_after_a_replay_logs_each_step_once(base_dir, tmp_path):  # noqa: F811
+def test_resume_after_a_replay_logs_each_step_once(base_dir, tmp_path, monkeypatch):  # noqa: F811
+    from minipost.stages import common as stage_common
+
     out = tmp_path / "sft"
     common = ["--stage", "sft", "--init", str(base_dir), "--out", str(out), *TINY, "--steps", "4",
               "--save-every", "2"]
+    # As after a SIGKILL: step 2 is the last one saved (the Ctrl-C save of step 3 never happens),
+    # and step 3 and a torn fourth line were logged after it.
+    real_save = stage_common.save_stage
+    monkeypatch.setattr(stage_common, "save_stage", lambda *a, **k: None if a[4] == 3 else real_save(*a, **k))
     with pytest.raises(SystemExit):
         cli.run([*common, "--interrupt-at", "3"])
-    # As after a SIGKILL: the checkpoint is step 3 (Ctrl-C), but pretend step 2 is the last one saved
-    # and steps 3 and a torn fourth line were logged after it.
-    state = json.loads((out / "state.json").read_text())
-    state["counters"]["step"] = 2
-    (out / "state.json").write_text(json.dumps(state))
+    monkeypatch.undo()
+    assert checkpoint.verify_checkpoint(checkpoint.checkpoint_dir(out)) == 2
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "lo')
     cli.run([*common, "--resume"])
@@ -156,8 +160,9 @@ def test_another_stage_in_out_needs_overwrite_and_keeps_foreign_files(base_dir, 
     (out / "keep.txt").write_text("mine")
     cli.run(["--stage", "sft", "--init", str(base_dir), "--out", str(out), *TINY, "--peft", "lora", "--overwrite"])
     assert (out / "keep.txt").read_text() == "mine"
-    assert checkpoint.current_checkpoint(out) is not None
-    assert not (out / "model.safetensors").exists()  # the full run's weights went with --overwrite
+    unit = checkpoint.checkpoint_dir(out)
+    assert (unit / "adapter.safetensors").is_file() and not (unit / "model.safetensors").exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("step-")) == [unit.name]  # the full run's went
 
 
 def test_train_py_prints_one_line_without_a_traceback(tmp_path):
@@ -208,3 +213,55 @@ def test_rl_prompts_longer_than_the_context_are_refused(rl_setup, tmp_path, stag
     long_file.write_text("".join(json.dumps(r) + "\n" for r in records))
     msg = refused(stage_args(stage, ckpt, long_file, val, tmp_path / "o"), "do not fit the model's context")
     assert str(long_file) in msg and "records [2]" in msg
+
+
+def test_an_rl_rollout_from_a_diverged_policy_names_the_step(rl_setup, small_tokenizer):  # noqa: F811
+    """The sampling check inside generate knows no step; the RL stages' rollout adds it (1-based)."""
+    import copy
+    from argparse import Namespace
+
+    from minipost.stages import common
+
+    _, train, _, model = rl_setup
+    diverged = copy.deepcopy(model)
+    with torch.no_grad():
+        diverged.lm_head.weight.fill_(float("nan"))
+    records = [json.loads(line) for line in train.read_text().splitlines()]
+    args = Namespace(prompts_per_step=2, seed=0, group_size=2, max_new_tokens=4, temperature=1.0, device="cpu")
+    with pytest.raises(NonFiniteError, match=r"non-finite sampling probabilities \(rows \[0, 1, 2, 3\]\).* at step 5;"):
+        common.step_rollout(diverged, small_tokenizer, records, 4, args)
+
+
+@pytest.mark.parametrize("poisoned", ["weights", "optimizer", "value head"])
+def test_a_stage_save_with_any_non_finite_tensor_writes_nothing(base_dir, tmp_path, poisoned):  # noqa: F811
+    """save_stage refuses NaN weights, NaN optimizer moments and a NaN head alike, before it
+    writes anything: the previous unit stays current and loads."""
+    from argparse import Namespace
+
+    from minipost.stages import common
+    from minipost.training import make_optimizer
+    from minipost.value_head import ValueHead
+
+    model, tok, _ = common.load_stage_model(base_dir)
+    head = ValueHead(model.cfg.d_model)
+    optimizer = make_optimizer(model, 1e-3)
+    model(torch.randint(0, 100, (2, 8))).float().pow(2).mean().backward()
+    optimizer.step()
+    args = Namespace(out=str(tmp_path / "run"), stage="ppo", seed=0, peft="none", init=str(base_dir))
+    common.save_stage(model, tok, args, optimizer, 1, heads={"value_head.safetensors": head})
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with torch.no_grad():
+        if poisoned == "weights":
+            model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+        elif poisoned == "optimizer":
+            next(iter(optimizer.state.values()))["exp_avg_sq"].view(-1)[3] = float("inf")
+        else:
+            head.proj.bias.fill_(float("nan"))
+    what = {"weights": r"model.safetensors tensor 'layers.0.mlp.down_proj.weight' \(1 of",
+            "optimizer": r"state.safetensors tensor 'opt.0.exp_avg_sq' \(1 of",
+            "value head": r"value_head.safetensors tensor 'proj.bias' \(1 of 1"}[poisoned]
+    with pytest.raises(NonFiniteError, match=what + r".* at step 2"):
+        common.save_stage(model, tok, args, optimizer, 2, heads={"value_head.safetensors": head})
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before == ["checkpoint.json", "step-000001"]
+    assert checkpoint.verify_checkpoint(checkpoint.checkpoint_dir(tmp_path / "run")) == 1
+    assert all(torch.isfinite(p).all() for p in checkpoint.load_model(tmp_path / "run")[0].parameters())

@@ -24,7 +24,8 @@ from dataclasses import asdict
 import torch.nn as nn
 
 from minipost.peft.adapter import AdapterLinear, apply_adapters
-from minipost.peft.io import _base_gpt, adapter_tensors, load_adapter, save_adapter
+from minipost.peft.io import (ADAPTER_FILE, CONFIG_FILE, _base_gpt, adapter_meta, adapter_tensors, load_adapter,
+                             save_adapter)
 from minipost.peft.lora import LORA_TARGETS, LoRALinear, apply_lora, merge_and_unwrap, merge_lora, unmerge_lora
 from minipost.peft.nf4 import NF4Linear, dequantize_nf4, quantize_nf4
 from minipost.peft.prefix import apply_prefix
@@ -35,7 +36,7 @@ from minipost.peft.settings import METHODS, SETTINGS, recorded
 __all__ = [
     "METHODS", "apply_peft", "apply_lora", "apply_prefix", "apply_prompt", "apply_adapters", "apply_probe",
     "merge_lora", "unmerge_lora", "merge_and_unwrap", "disable_adapters", "save_adapter", "load_adapter",
-    "adapter_tensors",
+    "adapter_tensors", "adapter_meta", "ADAPTER_FILE", "CONFIG_FILE",
     "peft_config",
     "trainable_parameters", "LoRALinear", "AdapterLinear", "LinearProbe", "NF4Linear", "quantize_nf4",
     "dequantize_nf4", "LORA_TARGETS",

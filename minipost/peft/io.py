@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from minipost.checkpoint import CheckpointError, load_tensors, read_json, save_tensors, write_json
+from minipost.checkpoint import CheckpointError, current_checkpoint, load_tensors, read_json, save_tensors, write_json
 from minipost.peft.adapter import AdapterLinear
 from minipost.peft.lora import LoRALinear
 from minipost.peft.prefix import PrefixEncoder, PrefixKV
@@ -44,18 +44,24 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_adapter(model: nn.Module, path_dir: str | Path) -> None:
-    """Write path_dir/adapter.safetensors (the trained tensors) and path_dir/adapter.json
-    (method, settings, base model config), each atomically."""
+def adapter_meta(model: nn.Module) -> dict:
+    """What adapter.json holds: {"method", "settings", "base_model"} of the method applied."""
     config = recorded(model)
     if config is None:
         raise ValueError("save_adapter: no PEFT method applied to this model (save a fully fine-tuned "
                          "model with minipost.checkpoint.save_model)")
-    path_dir = Path(path_dir)
     settings = {k: v for k, v in config.items() if k != "method"}
+    return {"method": config["method"], "settings": settings, "base_model": _base_gpt(model).cfg.to_dict()}
+
+
+def save_adapter(model: nn.Module, path_dir: str | Path) -> None:
+    """Write path_dir/adapter.safetensors (the trained tensors) and path_dir/adapter.json
+    (method, settings, base model config), each atomically. The stages save the same two
+    files inside a checkpoint unit instead (stages/common.save_stage)."""
+    meta = adapter_meta(model)
+    path_dir = Path(path_dir)
     save_tensors(adapter_tensors(model), path_dir / ADAPTER_FILE)
-    write_json({"method": config["method"], "settings": settings, "base_model": _base_gpt(model).cfg.to_dict()},
-               path_dir / CONFIG_FILE)
+    write_json(meta, path_dir / CONFIG_FILE)
 
 
 def _check_same(expected: dict, actual: dict, what: str, source: Path) -> None:
@@ -68,8 +74,9 @@ def _check_same(expected: dict, actual: dict, what: str, source: Path) -> None:
 def load_adapter(model: nn.Module, path_dir: str | Path) -> nn.Module:
     """Load an adapter saved by save_adapter onto `model` (a GPT with the same config). A model
     without a method gets it applied first, from adapter.json; a model with one must carry
-    the same method and settings. Returns the model (for a probe: the LinearProbe)."""
-    path_dir = Path(path_dir)
+    the same method and settings. Returns the model (for a probe: the LinearProbe).
+    path_dir: a run directory (its current checkpoint unit is read) or a checkpoint directory."""
+    path_dir = current_checkpoint(path_dir) or Path(path_dir)
     meta_path = path_dir / CONFIG_FILE
     meta = read_json(meta_path)
     missing = [k for k in ("method", "settings", "base_model") if k not in meta]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from minipost import checkpoint
+from minipost import checkpoint, pretrained
 from minipost.chat import generation_prompt
 from minipost.generate import sample_next
 from minipost.model import KVCache
@@ -53,16 +53,16 @@ def add_args(p, stage):
 def load_chat_model(run, device="cpu"):
     """A run directory -> (model in eval mode, tokenizer): a full model as saved, an adapter run
     as its base with the adapter applied (not merged, so every PEFT method works)."""
-    run = Path(run)
-    if (run / "adapter.safetensors").is_file():
+    ckpt = None if pretrained.is_pretrained_source(run) else checkpoint.checkpoint_dir(run)  # the current unit
+    if ckpt is not None and (ckpt / "adapter.safetensors").is_file():
         from minipost import peft
 
-        info = checkpoint.read_json(run / "config.json")
-        if checkpoint.read_json(run / "adapter.json").get("method") == "probe":
+        info = checkpoint.read_json(ckpt / "config.json")
+        if checkpoint.read_json(ckpt / "adapter.json").get("method") == "probe":
             raise SystemExit(f"train.py: error: {run} is a linear probe (a classifier); it does not generate text")
         model, _, _ = common.load_stage_model(info["base"], device)
-        model = peft.load_adapter(model, run)
-        tok = common.load_tokenizer(run)
+        model = peft.load_adapter(model, ckpt)
+        tok = common.load_tokenizer(ckpt)
     else:
         model, tok, _ = common.load_stage_model(run, device)
     model.eval().requires_grad_(False)

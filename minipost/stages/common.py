@@ -1,10 +1,14 @@
 """What every stage does the same way: seed, load the starting checkpoint and tokenizer,
-apply PEFT, save (model or adapter, config, tokenizer, resume state), write eval.json.
+apply PEFT, save (model or adapter, heads, config, tokenizer, resume state), write eval.json.
 
+Every save is one checkpoint unit (checkpoint.save_checkpoint): out/step-N/ holds the step's
+files and out/checkpoint.json names it, so a kill mid-save leaves the previous unit current.
 A checkpoint directory is self-contained: model.safetensors (or adapter.safetensors +
 adapter.json on top of the base named in config.json), config.json and tokenizer.model
-(a real model's run: tokenizer.json, tokenizer_config.json and template.json). --init may
-also name a real model ("smollm2", FILE.gguf, a Hugging Face directory; minipost/pretrained.py).
+(a real model's run: tokenizer.json, tokenizer_config.json and template.json). Runs are read
+through checkpoint.checkpoint_dir, which also reads the single-directory layout of earlier
+runs. --init may also name a real model ("smollm2", FILE.gguf, a Hugging Face directory;
+minipost/pretrained.py).
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ def load_stage_model(ckpt_dir: str | Path, device="cpu"):
     if pretrained.is_pretrained_source(ckpt_dir):  # "smollm2", FILE.gguf, a Hugging Face directory
         model, tok = pretrained.load_pretrained(ckpt_dir)
         return model.train().to(device), tok, {"base": pretrained.base_reference(ckpt_dir)}
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = checkpoint.checkpoint_dir(ckpt_dir)  # the current unit (or an earlier run's directory)
     info = checkpoint.read_json(ckpt_dir / "config.json")
     if (ckpt_dir / "model.safetensors").is_file():
         model, info = checkpoint.load_model(ckpt_dir, device)
@@ -80,7 +84,7 @@ def prepare_model(args, fresh=None):
         model, tok, _ = load_stage_model(args.init, args.device)
     apply_peft_from_args(model, args, tok)
     if args.resume:
-        out = Path(args.out)
+        out = checkpoint.checkpoint_dir(args.out)  # weights and state.* below come from the same unit
         if (out / "adapter.safetensors").is_file():
             from minipost import peft
 
@@ -125,28 +129,29 @@ def peft_settings(args) -> dict:
     return {}
 
 
-def save_stage(model, tokenizer, args, optimizer=None, step: int | None = None, **info) -> None:
-    """Write the stage's checkpoint into args.out (and the resume state if an optimizer is given).
-    Under torchrun only rank 0 writes: the ranks hold identical weights."""
+def save_stage(model, tokenizer, args, optimizer=None, step: int | None = None,
+               heads: dict[str, torch.nn.Module] | None = None, **info) -> None:
+    """Write the stage's checkpoint into args.out as one unit of step `step` (0: no training):
+    the weights (or only the adapter), `heads` (file name -> module, e.g. the reward model's
+    value head), config.json, the tokenizer and, if an optimizer is given, its state and the
+    RNG state for --resume. Nothing is written if any of those tensors is NaN or inf, so a
+    diverged model never replaces a good checkpoint. Under torchrun only rank 0 writes: the
+    ranks hold identical weights."""
     if not distributed.is_main():
         return
-    out = Path(args.out)
-    from minipost import guards
-
-    guards.check_tensors(model.state_dict(), step)  # never write a diverged model over a good one
-    out.mkdir(parents=True, exist_ok=True)
     config = {"stage": args.stage, "seed": args.seed, "peft": args.peft,
               "base": pretrained.base_reference(args.init) if args.init is not None else None, **info}
+    files = {"config.json": {"model": model.cfg.to_dict(), **config}}
     if args.peft != "none":
         from minipost import peft
 
-        peft.save_adapter(model, out)
-        checkpoint.write_json({"model": model.cfg.to_dict(), **config}, out / "config.json")
+        tensors = {peft.ADAPTER_FILE: peft.adapter_tensors(model)}
+        files[peft.CONFIG_FILE] = peft.adapter_meta(model)
     else:
-        checkpoint.save_model(model, out, **config)
-    tokenizer.save(out)  # the run loads on its own: tokenizer.model, or tokenizer.json + template.json
-    if optimizer is not None:
-        checkpoint.save_train_state(out, optimizer, {"step": step})
+        tensors = {"model.safetensors": checkpoint.model_tensors(model)}
+    tensors.update({name: head.state_dict() for name, head in (heads or {}).items()})
+    # the run loads on its own: tokenizer.model, or tokenizer.json + template.json
+    checkpoint.save_checkpoint(args.out, step or 0, tensors, files, optimizer, write_files=tokenizer.save)
 
 
 def resume_step(args, optimizer) -> int:
@@ -154,9 +159,9 @@ def resume_step(args, optimizer) -> int:
     if not args.resume:
         return 0
     out = Path(args.out)
-    if not (out / "state.json").is_file():
+    if not (checkpoint.checkpoint_dir(out) / "state.json").is_file():
         raise SystemExit(f"train.py: error: --resume but {out} has no state.json (nothing to resume)")
-    counters = checkpoint.load_train_state(out, optimizer)
+    counters = checkpoint.load_train_state(out, optimizer)  # the current unit's, its step checked
     step = int(counters["step"])
     if distributed.is_main():  # the steps after the checkpoint are replayed: drop their old records
         from minipost.run_dir import truncate_metrics
@@ -220,12 +225,16 @@ def step_rollout(model, tok, train: list[dict], step: int, args):
     """The Rollout of RL step `step`: --prompts-per-step prompts drawn for the step, --group-size
     completions each. torchrun: each rank takes its share of the prompts and samples them with
     its own generator (rollout.sampling_generator of its shard index)."""
+    from minipost.guards import NonFiniteError
     from minipost.rollout import rollout, sampling_generator, step_prompts
 
     prompts = step_prompts(train, args.prompts_per_step * distributed.world_size(), args.seed, step)
-    return rollout(model, tok, distributed.shard(prompts), args.group_size, args.max_new_tokens,
-                   temperature=args.temperature,
-                   generator=sampling_generator(args.seed, distributed.shard_index(step), args.device))
+    try:
+        return rollout(model, tok, distributed.shard(prompts), args.group_size, args.max_new_tokens,
+                       temperature=args.temperature,
+                       generator=sampling_generator(args.seed, distributed.shard_index(step), args.device))
+    except NonFiniteError as e:  # diverged sampling probabilities: name the step (1-based, as the log does)
+        raise e.at(step + 1) from None
 
 
 def task_accuracies(model, tok, val, test, args) -> dict:
@@ -242,9 +251,8 @@ def task_accuracies(model, tok, val, test, args) -> dict:
 def accuracy_before(model, tok, val, args, test=None) -> dict:
     """The starting model's task_accuracies as *_before (kept in config.json, so --resume
     reuses them)."""
-    cfg = Path(args.out) / "config.json"
-    if args.resume and cfg.is_file():
-        info = checkpoint.read_json(cfg)
+    if args.resume:
+        info = checkpoint.read_json(checkpoint.checkpoint_dir(args.out) / "config.json")
         if "task_accuracy_before" in info:
             return {k: v for k, v in info.items() if k.endswith("_before")}
     before = as_before(task_accuracies(model, tok, val, test, args))
@@ -284,10 +292,11 @@ def on_pretrained_base(init) -> bool:
     for _ in range(32):  # a chain of runs is short; a cycle must not hang
         if init is None or pretrained.is_pretrained_source(init):
             return init is not None
-        cfg = Path(init) / "config.json"
-        if not cfg.is_file():
+        try:
+            cfg = checkpoint.checkpoint_dir(init) / "config.json"
+        except checkpoint.CheckpointError:
             return False
-        init = checkpoint.read_json(cfg).get("base")
+        init = checkpoint.read_json(cfg).get("base") if cfg.is_file() else None
     return False
 
 

@@ -42,17 +42,18 @@ def peft_tensor_name(name: str) -> str:
 
 
 def export_peft(run: Path, out: Path) -> None:
-    info = checkpoint.read_json(run / "config.json")
-    if not (run / "adapter.safetensors").is_file():
+    unit = checkpoint.checkpoint_dir(run)  # the run's current checkpoint (or an earlier run's directory)
+    info = checkpoint.read_json(unit / "config.json")
+    if not (unit / "adapter.safetensors").is_file():
         raise SystemExit(f"train.py: error: {run} is not an adapter run (no adapter.safetensors); "
                          f"export it with --format hf")
-    meta = checkpoint.read_json(run / "adapter.json")
+    meta = checkpoint.read_json(unit / "adapter.json")
     if meta.get("method") != "lora":
-        raise SystemExit(f"train.py: error: {run / 'adapter.json'}: method {meta.get('method')!r}; --format peft "
+        raise SystemExit(f"train.py: error: {unit / 'adapter.json'}: method {meta.get('method')!r}; --format peft "
                          f"exports LoRA runs (export others with --format hf)")
     base_model, tok, _ = common.load_stage_model(info["base"])
     pretrained.save_hf(base_model, tok, out / "base")
-    tensors = checkpoint.load_tensors(run / "adapter.safetensors")
+    tensors = checkpoint.load_tensors(unit / "adapter.safetensors")
     checkpoint.save_tensors({peft_tensor_name(k): v for k, v in tensors.items()}, out / "adapter_model.safetensors",
                             metadata={"format": "pt"})
     checkpoint.write_json(peft_adapter_config(meta["settings"], out / "base"), out / "adapter_config.json")

@@ -59,9 +59,10 @@ def merge_states(method: str, states: list[dict], weights: list[float] | None, b
 
 
 def _same_tokenizer(dirs: list[Path]) -> None:
-    first = (dirs[0] / "tokenizer.model").read_bytes()
+    tokenizer = lambda run: (checkpoint.checkpoint_dir(run) / "tokenizer.model").read_bytes()  # noqa: E731
+    first = tokenizer(dirs[0])
     for d in dirs[1:]:
-        if (d / "tokenizer.model").read_bytes() != first:
+        if tokenizer(d) != first:
             raise SystemExit(f"[merge] {d} has a different tokenizer.model from {dirs[0]}: "
                              "only runs of the same base model can be merged")
 

@@ -40,7 +40,7 @@ cost, too much for a CPU run. The
 value loss reaches the shared trunk scaled by --vf-coef. The head starts at zero weights,
 so its first, uninformed, gradients do not move the trunk, and learns at its own rate
 --value-lr (a fresh head at the policy's small learning rate would barely move). It is
-saved next to the policy as value_head.safetensors (for --resume).
+saved with the policy, as value_head.safetensors in the same checkpoint unit (for --resume).
 
 The reference is the --init model: a frozen copy for full fine-tuning, the same model
 inside peft.disable_adapters under --peft, and none at all with --kl-coef 0.
@@ -51,11 +51,10 @@ completion length, losses.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
-from minipost import distributed
+from minipost import checkpoint, distributed
 from minipost.evaluate import task_accuracy
 from minipost.losses import gae, masked_mean, masked_sum, ppo_policy_loss, ppo_value_loss, whiten
 from minipost.rollout import batch_stats, batched, completion_logps, reference_scorer
@@ -112,8 +111,8 @@ def run(args):
         raise SystemExit("train.py: error: --stage ppo needs --init (an SFT checkpoint)")
     common.seed_everything(args.seed)
     model, tok = common.prepare_model(args)
-    head_path = Path(args.out) / VALUE_HEAD_FILE
-    if args.resume and head_path.is_file():
+    head_path = checkpoint.checkpoint_dir(args.out) / VALUE_HEAD_FILE if args.resume else None
+    if head_path is not None and head_path.is_file():
         head = ValueHead.load(head_path)
     else:
         head = ValueHead(model.cfg.d_model)
@@ -136,12 +135,9 @@ def run(args):
         return logps, head.values(hidden)
     start = common.resume_step(args, optimizer)
 
-    def save(step):
-        if not distributed.is_main():  # under torchrun only rank 0 writes
-            return
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        head.save(head_path)
-        common.save_stage(model, tok, args, optimizer, step, **before, value_head=VALUE_HEAD_FILE)
+    def save(step):  # the critic goes into the same unit as the policy and the optimizer
+        common.save_stage(model, tok, args, optimizer, step, heads={VALUE_HEAD_FILE: head},
+                          **before, value_head=VALUE_HEAD_FILE)
 
     with Progress(args, start, save, optimizer) as progress:
         for step in range(start, args.steps):

@@ -88,14 +88,11 @@ def run(args):
     optimizer = make_optimizer(probe, args.lr, weight_decay=0.0)
     start = common.resume_step(args, optimizer)
 
-    def save(step):
-        if not distributed.is_main():  # under torchrun only rank 0 writes
-            return
-        peft.save_adapter(probe, args.out)
-        common.checkpoint.save_train_state(args.out, optimizer, {"step": step})
+    def save(step):  # one checkpoint unit: the probe's head (its adapter), config, tokenizer, state
+        common.save_stage(probe, tok, args, optimizer, step)
 
     if args.resume:
-        peft.load_adapter(probe, args.out)
+        peft.load_adapter(probe, common.checkpoint.checkpoint_dir(args.out))
     net = distributed.wrap(probe)  # DDP under torchrun: loss_fn runs inside its forward
     with Progress(args, start, save, optimizer) as progress:
         for step in range(start, args.steps):

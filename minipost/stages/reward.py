@@ -17,7 +17,7 @@ model in one right-padded batch [2B, W]. The reward is read at the sequence's la
 the <|end|> that closes the reply.
 
 Outputs in --out: the model (or adapter) as every stage, plus the head as
-value_head.safetensors (load both with load_reward_model). eval.json: pair_accuracy, the
+value_head.safetensors in the same checkpoint unit (load both with load_reward_model). eval.json: pair_accuracy, the
 fraction of held-out pref_val pairs with r_c > r_r (ties count as wrong), per pair kind
 where the data says (pair_accuracy_voice, ...), and the held-out rewards' mean and std;
 the same on the test split (pref_test, or --test-file) as test_pair_accuracy, ...
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from minipost import data as datasets
-from minipost import distributed, validate
+from minipost import checkpoint, distributed, validate
 from minipost.losses import reward_loss
 from minipost.data import tokenize_pairs
 from minipost.packing import pad_batch, pair_indices
@@ -109,7 +109,7 @@ def rm_objective(chosen, rejected, margin, center_coef):
 def load_reward_model(ckpt_dir: str | Path, device="cpu") -> tuple[RewardModel, object]:
     """A trained reward model (the stage's checkpoint plus value_head.safetensors) -> (rm, tokenizer)."""
     model, tok, _ = common.load_stage_model(ckpt_dir, device)
-    rm = RewardModel(model, ValueHead.load(Path(ckpt_dir) / HEAD_FILE)).to(device)
+    rm = RewardModel(model, ValueHead.load(checkpoint.checkpoint_dir(ckpt_dir) / HEAD_FILE)).to(device)
     return rm, tok
 
 
@@ -119,7 +119,7 @@ def run(args):
     model, tok = common.prepare_model(args)
     rm = RewardModel(model)
     if args.resume:
-        rm.head = ValueHead.load(Path(args.out) / HEAD_FILE).to(args.device)
+        rm.head = ValueHead.load(checkpoint.checkpoint_dir(args.out) / HEAD_FILE).to(args.device)
     max_len = args.max_len or model.cfg.max_seq_len
 
     # Data: full sequences of prompt + reply + <|end|>; a margin per pair.
@@ -172,11 +172,8 @@ def run(args):
     optimizer = make_optimizer(rm, args.lr)
     start = common.resume_step(args, optimizer)
 
-    def save(step):
-        if not distributed.is_main():  # under torchrun only rank 0 writes
-            return
-        common.save_stage(model, tok, args, optimizer, step, value_head=HEAD_FILE)
-        rm.head.save(Path(args.out) / HEAD_FILE)
+    def save(step):  # the head goes into the same checkpoint unit as the model
+        common.save_stage(model, tok, args, optimizer, step, heads={HEAD_FILE: rm.head}, value_head=HEAD_FILE)
 
     net = distributed.wrap(rm)  # DDP under torchrun: loss_fn runs inside its forward
     with Progress(args, start, save, optimizer) as progress:

@@ -219,7 +219,7 @@ def test_smoke_run_full_fine_tuning(sft_dir):
         assert ev[f"test_{key}"] == ev[key]
     assert not [k for k in ev if k.startswith("test_") and "rate" in k]  # --eval-file given: no sft_test replies
     assert ev["train_pairs"] == 12 and ev["dropped_pairs"] == 0
-    assert (sft_dir / "full" / "model.safetensors").is_file()
+    assert (checkpoint.checkpoint_dir(sft_dir / "full") / "model.safetensors").is_file()
     refs = checkpoint.load_tensors(sft_dir / "full" / "ref_logps.safetensors")
     assert refs["train"].shape == (12, 2) and refs["val"].shape == (6, 2) and torch.equal(refs["test"], refs["val"])
     # every train and held-out pair precomputed, by the model before training (the SFT model)
@@ -249,8 +249,7 @@ def test_resume_uses_the_saved_reference(sft_dir):
     with pytest.raises(SystemExit, match="does not match the data"):  # another data file than the saved table's
         run_dpo(sft_dir, sft_dir / "cut", "--resume", "--train-file", str(sft_dir / "pref_val.jsonl"))
     run_dpo(sft_dir, sft_dir / "cut", "--resume")
-    a = checkpoint.load_tensors(sft_dir / "full" / "model.safetensors")
-    b = checkpoint.load_tensors(sft_dir / "cut" / "model.safetensors")
+    a, b = (checkpoint.load_tensors(checkpoint.checkpoint_dir(sft_dir / d) / "model.safetensors") for d in ("full", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss"] for r in metrics_lines(sft_dir / "cut")] == [r["loss"] for r in metrics_lines(sft_dir / "full")]
 
@@ -258,7 +257,7 @@ def test_resume_uses_the_saved_reference(sft_dir):
 def test_smoke_run_lora_uses_disabled_adapters_as_reference(sft_dir):
     ev = run_dpo(sft_dir, sft_dir / "lora", "--peft", "lora", "--lora-r", "4")
     assert 0.0 <= ev["pref_accuracy"] <= 1.0 and 0.0 <= ev["voice_rate"] <= 1.0
-    assert (sft_dir / "lora" / "adapter.safetensors").is_file()
+    assert (checkpoint.checkpoint_dir(sft_dir / "lora") / "adapter.safetensors").is_file()
     assert not (sft_dir / "lora" / "ref_logps.safetensors").exists()  # on the fly, nothing precomputed
     assert metrics_lines(sft_dir / "lora")[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minipost import cli
+from minipost import checkpoint, cli
 from minipost.stages.ppo import shaped_rewards
 from minipost.value_head import ValueHead
 from tests.stages.test_rl import changed, learns_the_toy, rl_setup, stage_args  # noqa: F401  (rl_setup: a fixture)
@@ -54,7 +54,7 @@ def test_ppo_smoke_run(rl_setup, tmp_path):
         assert 0.0 <= ev[key] <= 1.0 and ev[key] * 4 == round(ev[key] * 4)
     n_changed, n = changed(ckpt, out)
     assert n_changed == n
-    head = ValueHead.load(out / "value_head.safetensors")
+    head = ValueHead.load(checkpoint.checkpoint_dir(out) / "value_head.safetensors")  # in the unit
     assert head.proj.weight.abs().sum() > 0  # started at zero, learned from the returns
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2]
@@ -71,10 +71,10 @@ def test_ppo_resume_restores_the_value_head(rl_setup, tmp_path):
     out = tmp_path / "cut"
     with pytest.raises(SystemExit):
         cli.run(stage_args("ppo", ckpt, train, val, out, "--interrupt-at", "1"))
-    saved = ValueHead.load(out / "value_head.safetensors").proj.weight.clone()
+    saved = ValueHead.load(checkpoint.checkpoint_dir(out) / "value_head.safetensors").proj.weight.clone()
     assert saved.abs().sum() > 0
     cli.run(stage_args("ppo", ckpt, train, val, out, "--resume"))
-    state = json.loads((out / "state.json").read_text())
+    state = json.loads((checkpoint.checkpoint_dir(out) / "state.json").read_text())
     assert state["counters"]["step"] == 2
     # The value head's parameter group kept its own learning-rate scale through the resume.
     assert any(g.get("lr_scale") == pytest.approx(1.0) for g in state["param_groups"])

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from minipost import cli
+from minipost import checkpoint, cli
 
 TINY = ["--preset", "tiny", "--seq-len", "64", "--batch-size", "4", "--eval-rows", "8",
         "--vocab-size", "512", "--log-every", "2"]
@@ -27,14 +27,14 @@ def test_resume_after_interrupt_ends_where_an_uninterrupted_run_does(workdir, mo
     with pytest.raises(SystemExit) as stop:
         cli.run(["--stage", "pretrain", "--out", "cut", "--steps", "8", "--interrupt-at", "3", *TINY])
     assert stop.value.code == 130
-    assert json.loads((workdir / "cut" / "state.json").read_text())["counters"]["step"] == 3
+    assert json.loads((checkpoint.checkpoint_dir(workdir / "cut") / "state.json").read_text())["counters"]["step"] == 3
     cli.run(["--stage", "pretrain", "--out", "cut", "--steps", "8", "--resume", *TINY])
     full, resumed = read_eval(workdir / "full"), read_eval(workdir / "cut")
     assert abs(full["val_loss"] - resumed["val_loss"]) <= 1e-6
     # Same weights too, not just the same loss.
     from safetensors.torch import load_file
 
-    a, b = load_file(workdir / "full" / "model.safetensors"), load_file(workdir / "cut" / "model.safetensors")
+    a, b = (load_file(checkpoint.checkpoint_dir(workdir / d) / "model.safetensors") for d in ("full", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     lines = (workdir / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["step"] for l in lines] == list(range(1, 9))
@@ -43,7 +43,7 @@ def test_resume_after_interrupt_ends_where_an_uninterrupted_run_does(workdir, mo
 @pytest.mark.slow
 def test_cpt_reports_domain_and_general_loss(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
-    if not (workdir / "full" / "config.json").exists():
+    if not (workdir / "full" / "eval.json").exists():
         cli.run(["--stage", "pretrain", "--out", "full", "--steps", "8", *TINY])
     cli.run(["--stage", "cpt", "--init", "full", "--out", "cpt", "--steps", "4", "--replay", "0.25", *TINY])
     ev = read_eval(workdir / "cpt")
@@ -82,5 +82,5 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(workdir, monkeypatc
         cli.run(["--stage", "pretrain", "--out", "nan", "--steps", "6", "--lr", "1e30", "--warmup", "1",
                  "--save-every", "1", *TINY])
     failed_at = int(re.search(r"at step (\d+)", str(err.value)).group(1))
-    saved = json.loads((workdir / "nan" / "state.json").read_text())["counters"]["step"]
+    saved = json.loads((checkpoint.checkpoint_dir(workdir / "nan") / "state.json").read_text())["counters"]["step"]
     assert saved == failed_at - 1

@@ -92,7 +92,8 @@ def test_smoke_run_and_reload(sft_dir, small_tokenizer):
     for key in ("pair_accuracy", "pair_accuracy_voice", "pair_accuracy_hallucination"):
         assert 0.0 <= on_disk[key] <= 1.0 and on_disk[key] == ev[key], key
     assert math.isfinite(ev["reward_mean"]) and ev["reward_std"] >= 0 and ev["train_pairs"] == 12
-    assert (out / "model.safetensors").is_file() and (out / "value_head.safetensors").is_file()
+    unit = checkpoint.checkpoint_dir(out)  # the head is saved in the same unit as the model
+    assert (unit / "model.safetensors").is_file() and (unit / "value_head.safetensors").is_file()
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2]
     for r in lines:

@@ -83,7 +83,7 @@ def stage_args(stage, ckpt, train, val, out, *extra):
 
 
 def changed(ckpt, out):
-    a, b = load_file(ckpt / "model.safetensors"), load_file(out / "model.safetensors")
+    a, b = (load_file(checkpoint.checkpoint_dir(d) / "model.safetensors") for d in (ckpt, out))
     assert a.keys() == b.keys()
     return sum(not torch.equal(a[k], b[k]) for k in a), len(a)
 
@@ -158,7 +158,7 @@ def test_stage_smoke_run(rl_setup, tmp_path, stage, extra):
         assert s["reward_std"] > 0  # the setup gives the update a signal
     if stage == "rloo":
         assert all(s["kl"] != 0 for s in steps[1:])  # the reference is kept and differs after a step
-    assert json.loads((out / "state.json").read_text())["counters"]["step"] == 2
+    assert json.loads((checkpoint.checkpoint_dir(out) / "state.json").read_text())["counters"]["step"] == 2
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(rl_setup, tmp_path):
@@ -167,9 +167,10 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(rl_setup, tmp_path):
     with pytest.raises(SystemExit) as stop:
         cli.run(stage_args("grpo", ckpt, train, val, out, "--interrupt-at", "1"))
     assert stop.value.code == 130
-    assert json.loads((out / "state.json").read_text())["counters"]["step"] == 1
-    assert (out / "model.safetensors").is_file() and not (out / "eval.json").exists()
-    before = json.loads((out / "config.json").read_text())["task_accuracy_before"]
+    unit = checkpoint.checkpoint_dir(out)
+    assert json.loads((unit / "state.json").read_text())["counters"]["step"] == 1
+    assert (unit / "model.safetensors").is_file() and not (out / "eval.json").exists()
+    before = json.loads((unit / "config.json").read_text())["task_accuracy_before"]
     ev = cli.run(stage_args("grpo", ckpt, train, val, out, "--resume"))
     assert ev["task_accuracy_before"] == before
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
@@ -188,7 +189,8 @@ def test_lora_run_uses_the_adapter_off_model_as_reference(rl_setup, tmp_path):
     out = tmp_path / "lora"
     ev = cli.run(stage_args("grpo", ckpt, train, val, out, "--peft", "lora", "--lora-r", "4", "--beta", "0.1"))
     assert 0.0 <= ev["task_accuracy"] <= 1.0
-    assert (out / "adapter.safetensors").is_file() and not (out / "model.safetensors").exists()
+    unit = checkpoint.checkpoint_dir(out)
+    assert (unit / "adapter.safetensors").is_file() and not (unit / "model.safetensors").exists()
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # fresh LoRA (B = 0): policy == reference
     assert steps[1]["kl"] > 0  # after one step the adapters moved the policy away from it

@@ -33,15 +33,17 @@ def test_sft_runs_with_every_peft_method(base_dir, tmp_path, peft):
     assert json.loads((out / "eval.json").read_text()) == ev
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # common.finish draws the curves
+    unit = checkpoint.checkpoint_dir(out)  # the final save is a checkpoint unit like every other
+    assert checkpoint.verify_checkpoint(unit) == 2
     if peft == "none":
-        assert (out / "model.safetensors").is_file() and not (out / "adapter.safetensors").exists()
+        assert (unit / "model.safetensors").is_file() and not (unit / "adapter.safetensors").exists()
         assert ev["trainable_params"] == ev["total_params"]
     else:
         # A PEFT run writes only what it trained: no base weight in the adapter file.
-        keys = set(load_file(out / "adapter.safetensors"))
+        keys = set(load_file(unit / "adapter.safetensors"))
         base_keys = set(load_file(base_dir / "model.safetensors"))
         assert keys and not keys & base_keys
-        assert not (out / "model.safetensors").exists()
+        assert not (unit / "model.safetensors").exists()
         assert ev["trainable_params"] < ev["total_params"]
 
 
@@ -73,7 +75,7 @@ def test_probe_stage_trains_only_the_head(base_dir, tmp_path):
     ev = cli.run(["--stage", "probe", "--init", str(base_dir), "--out", str(out), "--steps", "3",
                   "--batch-size", "8", "--log-every", "1"])
     assert 0 <= ev["probe_accuracy"] <= 1 and 0 < ev["majority_baseline"] <= 1
-    assert set(load_file(out / "adapter.safetensors")) == {"head.weight", "head.bias"}
+    assert set(load_file(checkpoint.checkpoint_dir(out) / "adapter.safetensors")) == {"head.weight", "head.bias"}
     assert ev["trainable_params"] == 5 * 64 + 5
 
 
@@ -114,7 +116,8 @@ def test_batch_4_times_accumulation_2_equals_batch_8(base_dir, tmp_path):
     # float rounding of zero that rounding becomes a change of a fraction of lr (see
     # test_distributed.assert_same_training), hence lr / 50; the logged loss (the token mean
     # before the step) and the gradients themselves (test below) are compared tightly.
-    w8, w4, w0 = (load_file(d / "model.safetensors") for d in (tmp_path / "b8", tmp_path / "b4x2", base_dir))
+    w8, w4, w0 = (load_file(checkpoint.checkpoint_dir(d) / "model.safetensors")
+                  for d in (tmp_path / "b8", tmp_path / "b4x2", base_dir))
     assert max((w8[k] - w4[k]).abs().max().item() for k in w8) <= 1e-3 / 50
     assert max((w8[k] - w0[k]).abs().max().item() for k in w8) > 5e-4  # the step moved the weights (~lr)
     m8, m4 = (json.loads((tmp_path / d / "metrics.jsonl").read_text()) for d in ("b8", "b4x2"))
