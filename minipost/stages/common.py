@@ -292,11 +292,10 @@ def on_pretrained_base(init) -> bool:
     for _ in range(32):  # a chain of runs is short; a cycle must not hang
         if init is None or pretrained.is_pretrained_source(init):
             return init is not None
-        try:
-            cfg = checkpoint.checkpoint_dir(init) / "config.json"
-        except checkpoint.CheckpointError:
+        cfg = (checkpoint.current_checkpoint(init) or Path(init)) / "config.json"  # a unit, or the flat layout
+        if not cfg.is_file():
             return False
-        init = checkpoint.read_json(cfg).get("base") if cfg.is_file() else None
+        init = checkpoint.read_json(cfg).get("base")
     return False
 
 
