@@ -26,7 +26,7 @@ as --stage cpt measures them. fact_accuracy and format_rate: --stage sft's greed
 judges on --max-eval held-out conversations.
 
     python bench/workflows.py [--base out/pretrain] [--out out/bench_workflows]
-                              [--cpt-steps 120] [--sft-steps 300] [--quick]
+                              [--cpt-steps 120] [--cpt-batch-size 16] [--sft-steps 300] [--quick]
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ from minipost.stages.pretrain import rows_loss, token_rows  # noqa: E402
 from minipost.stages.sft import make_rows, tokenize  # noqa: E402
 from minipost.training import lr_at  # noqa: E402
 
-SEQ_LEN, EVAL_ROWS, BATCH = 256, 64, 16  # the cpt and sft stages' defaults
+SEQ_LEN, EVAL_ROWS, SFT_BATCH = 256, 64, 16  # the cpt and sft stages' defaults
 LR_RULES = (  # (name, schedule, peak LR in units of the pretraining peak P)
     ("no re-warm (constant 0.1 P)", "continue", 1.0),
     ("re-warm to 0.5 P", "rewarm", 0.5),
@@ -100,11 +100,11 @@ def sft_trained_rows(init: Path, seed: int, cpt_mix: float = 0.0) -> tuple[torch
 def tokens_per_step(per_row: torch.Tensor, seed: int):
     """Yield the trained tokens of step 0, 1, ... in the stage's batch order (packing.batches:
     step k takes batch k % per_epoch of epoch k // per_epoch, grad-accum 1)."""
-    per_epoch = -(-len(per_row) // BATCH)
+    per_epoch = -(-len(per_row) // SFT_BATCH)
     for epoch in itertools.count():
         order = torch.tensor(epoch_order(len(per_row), seed, epoch))
         for b in range(per_epoch):
-            yield int(per_row[order[b * BATCH:(b + 1) * BATCH]].sum())
+            yield int(per_row[order[b * SFT_BATCH:(b + 1) * SFT_BATCH]].sum())
 
 
 def markdown(header: list[str], rows: list[list]) -> str:
@@ -113,11 +113,18 @@ def markdown(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows])
 
 
-def lr_table(r: Runner, base: Path, P: float, steps: int) -> tuple[str, dict]:
-    results, warmup = {}, max(1, steps // 10)
+def cpt_flags(steps: int, batch_size: int) -> tuple[list[str], int]:
+    """The flags every CPT run shares (each adds its LR rule and replay), and its warmup:
+    a tenth of the steps, the cpt stage's default share (30 of 300)."""
+    warmup = max(1, steps // 10)
+    return ["--stage", "cpt", "--steps", str(steps), "--batch-size", str(batch_size), "--warmup", str(warmup)], warmup
+
+
+def lr_table(r: Runner, base: Path, P: float, steps: int, batch_size: int) -> tuple[str, dict]:
+    cpt, warmup = cpt_flags(steps, batch_size)
+    results = {}
     for name, schedule, k in LR_RULES:
-        run, ev = r.stage(f"cpt_{schedule}_{k:g}P", ["--stage", "cpt", "--init", str(base), "--replay", "0",
-                                                    "--steps", str(steps), "--warmup", str(warmup),
+        run, ev = r.stage(f"cpt_{schedule}_{k:g}P", [*cpt, "--init", str(base), "--replay", "0",
                                                     "--schedule", schedule, "--lr", f"{k * P:g}"])
         lrs = [lr_at(s, steps, k * P, warmup, schedule) for s in range(steps)]  # what the run used
         results[name] = {"run": str(run), "schedule": schedule, "lr_flag": k * P, "lr_max": max(lrs),
@@ -126,31 +133,30 @@ def lr_table(r: Runner, base: Path, P: float, steps: int) -> tuple[str, dict]:
              f"{v['lr_max']:.2g} / {v['lr_last']:.2g}", v["domain_val_loss"], v["general_val_loss"],
              v["general_val_loss"] - v["general_val_loss_before"]] for n, v in results.items()]
     before = next(iter(results.values()))
-    title = (f"CPT learning-rate rules: {steps} steps of {BATCH} x {SEQ_LEN} Verdant tokens, no replay, "
+    title = (f"CPT learning-rate rules: `{' '.join(cpt)}`, no replay, "
              f"P = {P:g}; base: domain {before['domain_val_loss_before']:.3f}, "
              f"general {before['general_val_loss_before']:.3f}")
     return title + "\n\n" + markdown(["rule", "--schedule, --lr", "LR max / last", "domain loss", "general loss",
                                       "general increase"], rows), results
 
 
-def merge_table(r: Runner, base: Path, cpt: Path, P: float, steps: int, alphas: list[float],
-                replay: float) -> tuple[str, dict]:
+def merge_table(r: Runner, base: Path, cpt_run: Path, P: float, steps: int, batch_size: int,
+                alphas: list[float], replay: float) -> tuple[str, dict]:
+    cpt, _ = cpt_flags(steps, batch_size)
     base_losses = r.losses(base)
     curve = []
     for a in alphas:
-        run, _ = r.stage(f"merge_{a:g}", ["--stage", "merge", "--method", "linear", "--init", str(cpt),
+        run, _ = r.stage(f"merge_{a:g}", ["--stage", "merge", "--method", "linear", "--init", str(cpt_run),
                                           "--base", str(base), "--weights", f"{a:g}"])
         curve.append({"alpha": a, **r.losses(run)})
-    run, ev = r.stage(f"cpt_replay_{replay:g}", ["--stage", "cpt", "--init", str(base), "--replay", f"{replay:g}",
-                                                 "--steps", str(steps), "--warmup", str(max(1, steps // 10)),
+    run, ev = r.stage(f"cpt_replay_{replay:g}", [*cpt, "--init", str(base), "--replay", f"{replay:g}",
                                                  "--schedule", "rewarm", "--lr", f"{P:g}"])
     replayed = {"domain": ev["domain_val_loss"], "general": ev["general_val_loss"]}
     rows = [[f"merge alpha = {c['alpha']:g}", c["domain"], c["general"], c["general"] - base_losses["general"]]
             for c in curve]
     rows.append([f"CPT with {replay:g} replay (no merge)", replayed["domain"], replayed["general"],
                  replayed["general"] - base_losses["general"]])
-    title = (f"Forgetting vs merge weight: (1 - alpha) base + alpha CPT (re-warm to 1 P, no replay, "
-             f"{steps} steps)")
+    title = "Forgetting vs merge weight: (1 - alpha) base + alpha CPT (re-warm to 1 P, no replay)"
     return (title + "\n\n" + markdown(["model", "domain loss", "general loss", "general increase"], rows),
             {"base": base_losses, "curve": curve, "replay": {"fraction": replay, **replayed}})
 
@@ -190,10 +196,10 @@ def plot_merge(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def joint_table(r: Runner, base: Path, cpt: Path, cpt_steps: int, sft_steps: int,
+def joint_table(r: Runner, base: Path, cpt: Path, cpt_steps: int, cpt_batch: int, sft_steps: int,
                 max_eval: int) -> tuple[str, dict]:
     sft_common = ["--stage", "sft", "--max-eval", str(max_eval)]
-    t_cpt = cpt_steps * BATCH * SEQ_LEN  # every position of a CPT row is trained
+    t_cpt = cpt_steps * cpt_batch * SEQ_LEN  # every position of a CPT row is trained
     t_sft = sum(itertools.islice(tokens_per_step(sft_trained_rows(cpt, r.seed)[0], r.seed), sft_steps))
     mix = t_cpt / (t_cpt + t_sft)
     per_row, stats = sft_trained_rows(base, r.seed, mix)
@@ -230,6 +236,7 @@ def parse_args():
                    help="pretrained base checkpoint (the default is built with the default pretrain if missing)")
     p.add_argument("--out", type=Path, default=Path("out/bench_workflows"), help="runs, tables.md, PNG, results.json")
     p.add_argument("--cpt-steps", type=int, default=120, help="steps of every CPT run (tables 1-3)")
+    p.add_argument("--cpt-batch-size", type=int, default=16, help="rows of 256 tokens per CPT step")
     p.add_argument("--sft-steps", type=int, default=300, help="steps of the sequential SFT run (table 1)")
     p.add_argument("--max-eval", type=int, default=200, help="held-out conversations for fact_accuracy/format_rate")
     p.add_argument("--pretrain-lr", type=float, default=None,
@@ -241,7 +248,7 @@ def parse_args():
     args = p.parse_args()
     if args.quick:
         args.cpt_steps, args.sft_steps, args.max_eval = 10, 20, 10
-    for flag in ("cpt_steps", "sft_steps", "max_eval"):
+    for flag in ("cpt_steps", "cpt_batch_size", "sft_steps", "max_eval"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     try:
@@ -270,12 +277,13 @@ def main():
         cli.run(["--stage", "pretrain", "--out", str(args.base), "--seed", str(args.seed)])
     args.out.mkdir(parents=True, exist_ok=True)
     r = Runner(args.out, args.seed)
-    lr_text, lr_results = lr_table(r, args.base, args.pretrain_lr, args.cpt_steps)
-    cpt = Path(lr_results["re-warm to 1 P"]["run"])
-    merge_text, merge_results = merge_table(r, args.base, cpt, args.pretrain_lr, args.cpt_steps, args.alphas,
-                                            args.replay)
+    lr_text, lr_results = lr_table(r, args.base, args.pretrain_lr, args.cpt_steps, args.cpt_batch_size)
+    cpt_run = Path(lr_results["re-warm to 1 P"]["run"])
+    merge_text, merge_results = merge_table(r, args.base, cpt_run, args.pretrain_lr, args.cpt_steps,
+                                            args.cpt_batch_size, args.alphas, args.replay)
     plot_merge(merge_results, args.out / "forgetting_vs_merge.png")
-    joint_text, joint_results = joint_table(r, args.base, cpt, args.cpt_steps, args.sft_steps, args.max_eval)
+    joint_text, joint_results = joint_table(r, args.base, cpt_run, args.cpt_steps, args.cpt_batch_size,
+                                            args.sft_steps, args.max_eval)
     wall = time.time() - started
     tables = "\n\n".join([f"1. {joint_text}", f"2. {merge_text}", f"3. {lr_text}"])
     stage_walls = ", ".join(f"{k} {v:.0f}" for k, v in r.walls.items())
