@@ -23,10 +23,12 @@ PNG and the raw numbers (results.json):
 Losses: mean next-token loss on 64 held-out rows of 256 tokens of the new-domain text
 (Verdant, cpt_val: "domain") and of the general text (Minimart, pretrain_val: "general"),
 as --stage cpt measures them. fact_accuracy and format_rate: --stage sft's greedy-reply
-judges on --max-eval held-out conversations.
+judges on --max-eval held-out conversations. The defaults are sized for a shared 2-core
+machine (README: 36 min there, about 9 min of CPU); larger --cpt-steps / --sft-steps give
+the same comparisons further from the start.
 
     python bench/workflows.py [--base out/pretrain] [--out out/bench_workflows]
-                              [--cpt-steps 120] [--cpt-batch-size 16] [--sft-steps 300] [--quick]
+                              [--cpt-steps 40] [--cpt-batch-size 8] [--sft-steps 120] [--quick]
 """
 from __future__ import annotations
 
@@ -235,10 +237,10 @@ def parse_args():
     p.add_argument("--base", type=Path, default=Path("out/pretrain"),
                    help="pretrained base checkpoint (the default is built with the default pretrain if missing)")
     p.add_argument("--out", type=Path, default=Path("out/bench_workflows"), help="runs, tables.md, PNG, results.json")
-    p.add_argument("--cpt-steps", type=int, default=120, help="steps of every CPT run (tables 1-3)")
-    p.add_argument("--cpt-batch-size", type=int, default=16, help="rows of 256 tokens per CPT step")
-    p.add_argument("--sft-steps", type=int, default=300, help="steps of the sequential SFT run (table 1)")
-    p.add_argument("--max-eval", type=int, default=200, help="held-out conversations for fact_accuracy/format_rate")
+    p.add_argument("--cpt-steps", type=int, default=40, help="steps of every CPT run (tables 1-3)")
+    p.add_argument("--cpt-batch-size", type=int, default=8, help="rows of 256 tokens per CPT step")
+    p.add_argument("--sft-steps", type=int, default=120, help="steps of the sequential SFT run (table 1)")
+    p.add_argument("--max-eval", type=int, default=50, help="held-out conversations for fact_accuracy/format_rate")
     p.add_argument("--pretrain-lr", type=float, default=None,
                    help="P, the base's pretraining peak LR (None: the pretrain stage's default --lr)")
     p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="merge weights of the CPT model (table 2)")
