@@ -3,7 +3,8 @@
 From one pretrained base (--base, out/pretrain by default; built with the default pretrain
 if missing), the script runs `train.py` stages in this process (cli.run, as `--stage all`
 does) and prints three markdown tables of held-out numbers, also written under --out with a
-PNG and the raw numbers (results.json):
+PNG and the raw numbers (results.json). In the order they are run (tables 1 and 2 reuse
+table 3's re-warm 1x run):
 
  3. CPT learning-rate rules (Ibrahim et al. 2024), equal steps, no replay, LR peaks in units
     of P, the pretraining peak (the pretrain stage's --lr, whose cosine ended at 0.1 P):
