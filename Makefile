@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all data pretrain sft dpo rm grpo rloo ppo all bench bench-peers test-interop clean
+.PHONY: setup test test-all data pretrain sft dpo rm grpo rloo ppo all bench bench-workflows bench-peers test-interop clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,10 @@ bench: setup
 	TRITON_INTERPRET=1 $(PY) bench/kernels.py
 	$(PY) bench/packing.py
 	$(PY) bench/generate.py
+
+# The three workflow tables of the README (joint CPT+SFT, merging, CPT LR rules); 36 min on a busy 2-core machine.
+bench-workflows: setup
+	$(PY) bench/workflows.py
 
 clean:
 	rm -rf out .pytest_cache .hypothesis
