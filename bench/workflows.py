@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from minipost import cli  # noqa: E402
+from minipost import checkpoint, cli  # noqa: E402
 from minipost import data as datasets  # noqa: E402
 from minipost.mixture import joint_cpt_sft  # noqa: E402
 from minipost.packing import IGNORE_INDEX, epoch_order  # noqa: E402
@@ -272,9 +272,9 @@ def parse_args():
 def main():
     args = parse_args()
     started = time.time()
-    if not (args.base / "config.json").is_file():
+    if checkpoint.current_checkpoint(args.base) is None:  # a run of either checkpoint layout
         if args.base != Path("out/pretrain"):
-            raise SystemExit(f"bench/workflows.py: error: --base {args.base} has no config.json (not a checkpoint)")
+            raise SystemExit(f"bench/workflows.py: error: --base {args.base} holds no checkpoint")
         print(f"[workflows] {args.base} is missing: building it with the default pretrain "
               f"(python train.py --stage pretrain --out {args.base})", file=sys.stderr)
         cli.run(["--stage", "pretrain", "--out", str(args.base), "--seed", str(args.seed)])
