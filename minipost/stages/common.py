@@ -170,21 +170,113 @@ def resume_step(args, optimizer) -> int:
 
 def add_rl_args(g, group_size: int) -> None:
     """The flags every RL stage shares (GRPO, RLOO, PPO), on the argument group g."""
-    g.add_argument("--train-file", type=Path, default=None, help="RL prompts JSONL (default: built-in rl_train)")
-    g.add_argument("--val-file", type=Path, default=None, help="held-out RL prompts (default: built-in rl_val)")
+    g.add_argument("--train-file", type=Path, default=None,
+                   help="RL prompts JSONL {\"prompt\", ...columns} (default: built-in rl_train; with "
+                        "--reward-model the built-in preference prompts of pref_train)")
+    g.add_argument("--val-file", type=Path, default=None,
+                   help="held-out RL prompts (default: built-in rl_val; with --reward-model those of pref_val)")
     g.add_argument("--group-size", type=int, default=group_size, help="completions sampled per prompt (G, k)")
     g.add_argument("--prompts-per-step", type=int, default=8, help="prompts per rollout batch")
     g.add_argument("--max-new-tokens", type=int, default=64, help="completion length limit")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollouts")
+    g.add_argument("--reward-model", type=Path, default=None,
+                   help="a --stage rm run: reward = its score of each completion, standardised by the "
+                        "held-out reward_mean/reward_std of its eval.json (RLHF; minipost/rm_reward.py)")
+    g.add_argument("--reward-fn", nargs="+", default=None, metavar="SPEC",
+                   help="reward functions 'module:function' or 'path/file.py:function', "
+                        "f(completions, **columns) -> [float] (None: the built-in Minimart task + format rewards)")
+    g.add_argument("--reward-weights", nargs="+", type=float, default=None, metavar="W",
+                   help="one weight per reward function (None: all 1)")
+
+
+def _preference_prompts(path) -> list[dict]:
+    """The prompts of a preference file as RL records {"prompt", "meta"}: the replies dropped,
+    meta (with the fact the gold judge checks) kept."""
+    from minipost import data as datasets
+
+    return [{"prompt": r["prompt"], **({"meta": r["meta"]} if "meta" in r else {})}
+            for r in datasets.read_preferences(path)]
 
 
 def load_prompts(args) -> tuple[list[dict], list[dict]]:
-    """(train records, held-out records capped at --max-eval) of {"prompt", "answer"}."""
+    """(train records, held-out records capped at --max-eval) of {"prompt", ...columns}: --train-file
+    / --val-file, else the built-in rl_train / rl_val, or with --reward-model pref_train / pref_val."""
     from minipost import data as datasets
 
-    train = datasets.read_rl(args.train_file or datasets.builtin("rl_train"))
-    val = datasets.read_rl(args.val_file or datasets.builtin("rl_val"))[: args.max_eval]
-    return train, val
+    if getattr(args, "reward_model", None) is not None:
+        train = datasets.read_rl(args.train_file) if args.train_file else _preference_prompts(datasets.builtin("pref_train"))
+        val = datasets.read_rl(args.val_file) if args.val_file else _preference_prompts(datasets.builtin("pref_val"))
+    else:
+        train = datasets.read_rl(args.train_file or datasets.builtin("rl_train"))
+        val = datasets.read_rl(args.val_file or datasets.builtin("rl_val"))
+    return train, val[: args.max_eval]
+
+
+def rl_reward(args):
+    """The reward the RL stages train on -> reward(texts, ended, records) -> [float] (rollout.py):
+    --reward-model (the RM's standardised score), else --reward-fn with --reward-weights,
+    else the built-in Minimart rewards. A reward function's error is one line naming it."""
+    from minipost.reward_fns import RewardFnError, combined_reward, load_reward_fns
+
+    if args.reward_model is not None:
+        from minipost.rm_reward import RewardModelScorer
+
+        scorer = RewardModelScorer(args.reward_model, device=args.device, batch_size=args.batch_size)
+        print(f"[{args.stage}] reward: the reward model {args.reward_model}, (r - {scorer.mean:.4g}) / "
+              f"{scorer.std:.4g}", file=sys.stderr)
+        return lambda texts, ended, records: scorer.score([r["prompt"] for r in records], texts).tolist()
+    try:
+        fns = load_reward_fns(args.reward_fn)
+    except RewardFnError as e:
+        raise SystemExit(f"train.py: error: {e}") from e
+
+    def reward(texts, ended, records):
+        try:
+            return combined_reward(fns, args.reward_weights, texts, records, ended)
+        except RewardFnError as e:
+            raise SystemExit(f"train.py: error: {e}") from e
+    return reward
+
+
+def held_out(model, tok, val: list[dict], args, reward) -> dict:
+    """The RL stages' held-out numbers, greedy replies to the val prompts: task_accuracy where the
+    records have whole-number answers; otherwise reward_mean (the trained reward), and where
+    they carry meta.fact gold_mean and the judges of evaluate.judge_replies."""
+    from minipost.evaluate import greedy_replies, judge_replies
+    from minipost.rollout import gold_scores, task_correct
+
+    replies = greedy_replies(model, tok, [r["prompt"] for r in val], args.max_new_tokens)
+    texts, ended = [t for t, _ in replies], [e for _, e in replies]
+    correct = task_correct(texts, val)
+    if correct is not None and args.reward_model is None and args.reward_fn is None:
+        return {"task_accuracy": sum(correct) / max(len(val), 1)}
+    out = {"reward_mean": sum(reward(texts, ended, val)) / max(len(val), 1)}
+    if correct is not None:
+        out["task_accuracy"] = sum(correct) / max(len(val), 1)
+    gold = gold_scores(texts, ended, val)
+    if gold is not None:
+        out["gold_mean"] = sum(gold) / len(gold)
+        out.update(judge_replies(replies, val))
+    return out
+
+
+def held_out_record(numbers: dict) -> dict:
+    """The held-out numbers as metrics.jsonl keys (--eval-every): val_<name>, numbers only."""
+    return {f"val_{k}": v for k, v in numbers.items() if isinstance(v, float)}
+
+
+def held_out_before(evaluate, args) -> dict:
+    """The starting model's held-out numbers as {key}_before (kept in config.json, so --resume reuses them)."""
+    cfg = Path(args.out) / "config.json"
+    if args.resume and cfg.is_file():
+        info = checkpoint.read_json(cfg)
+        before = {k: v for k, v in info.items() if k.endswith("_before")}
+        if before:
+            return before
+    before = {f"{k}_before": v for k, v in evaluate().items()}
+    shown = ", ".join(f"{k} = {v:.3f}" for k, v in before.items() if isinstance(v, float))
+    print(f"[{args.stage}] {shown} on the held-out prompts", file=sys.stderr)
+    return before
 
 
 def check_prompts_fit(train: list[dict], val: list[dict], tok, cfg, args) -> None:
@@ -193,8 +285,9 @@ def check_prompts_fit(train: list[dict], val: list[dict], tok, cfg, args) -> Non
     from minipost.chat import generation_prompt
     from minipost.validate import check_prompts_fit as check
 
-    for records, path in ((train, args.train_file or "the built-in rl_train"),
-                          (val, args.val_file or "the built-in rl_val")):
+    builtin = ("pref_train", "pref_val") if getattr(args, "reward_model", None) is not None else ("rl_train", "rl_val")
+    for records, path in ((train, args.train_file or f"the built-in {builtin[0]}"),
+                          (val, args.val_file or f"the built-in {builtin[1]}")):
         check([len(generation_prompt(r["prompt"], tok)) for r in records], args.max_new_tokens, cfg.max_seq_len, path)
 
 
@@ -206,7 +299,7 @@ def reference_copy(args, coef: float):
     return load_stage_model(args.init, args.device)[0]
 
 
-def step_rollout(model, tok, train: list[dict], step: int, args):
+def step_rollout(model, tok, train: list[dict], step: int, args, reward=None):
     """The Rollout of RL step `step`: --prompts-per-step prompts drawn for the step, --group-size
     completions each. torchrun: each rank takes its share of the prompts and samples them with
     its own generator (rollout.sampling_generator of its shard index)."""
@@ -214,22 +307,8 @@ def step_rollout(model, tok, train: list[dict], step: int, args):
 
     prompts = step_prompts(train, args.prompts_per_step * distributed.world_size(), args.seed, step)
     return rollout(model, tok, distributed.shard(prompts), args.group_size, args.max_new_tokens,
-                   temperature=args.temperature,
+                   temperature=args.temperature, reward=reward,
                    generator=sampling_generator(args.seed, distributed.shard_index(step), args.device))
-
-
-def accuracy_before(model, tok, val, args) -> float:
-    """The starting model's held-out task accuracy (kept in config.json, so --resume reuses it)."""
-    from minipost.evaluate import task_accuracy
-
-    cfg = Path(args.out) / "config.json"
-    if args.resume and cfg.is_file():
-        info = checkpoint.read_json(cfg)
-        if "task_accuracy_before" in info:
-            return info["task_accuracy_before"]
-    acc = task_accuracy(model, tok, val, max_new_tokens=args.max_new_tokens)
-    print(f"[{args.stage}] task_accuracy_before = {acc:.3f} on {len(val)} held-out prompts", file=sys.stderr)
-    return acc
 
 
 def finish(args, metrics: dict, started: float) -> dict:
