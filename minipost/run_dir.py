@@ -25,7 +25,7 @@ from pathlib import Path
 from minipost import checkpoint
 
 # Files and directories a run writes at its top level (checkpoint units aside).
-RUN_FILES = ("metrics.jsonl", "eval.json", "curves.png", checkpoint.POINTER, *checkpoint.LEGACY_FILES)
+RUN_FILES = ("metrics.jsonl", "eval.json", "curves.png", "samples.jsonl", checkpoint.POINTER, *checkpoint.LEGACY_FILES)
 
 
 def _fail(msg: str):

@@ -69,6 +69,8 @@ RANGES: dict[str, tuple[float, bool, float | None, str]] = {
     "value_lr": (0, False, None, "the value head's learning rate"),
     "epsilon": (0, False, None, "the ratio clip width"),
     "epsilon_high": (0, False, None, "the upper ratio clip width"),
+    "max_n": (1, True, None, "samples per prompt"),
+    "max_pairs": (1, True, None, "training pairs"),
 }
 # Where a stage needs more: group-relative advantages compare a completion with the others
 # of its group, so a group of one has none (its std is undefined).

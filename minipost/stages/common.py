@@ -189,7 +189,7 @@ def add_rl_args(g, group_size: int) -> None:
                    help="one weight per reward function (None: all 1)")
 
 
-def _preference_prompts(path) -> list[dict]:
+def preference_prompts(path) -> list[dict]:
     """The prompts of a preference file as RL records {"prompt", "meta"}: the replies dropped,
     meta (with the fact the gold judge checks) kept."""
     from minipost import data as datasets
@@ -204,8 +204,8 @@ def load_prompts(args) -> tuple[list[dict], list[dict]]:
     from minipost import data as datasets
 
     if getattr(args, "reward_model", None) is not None:
-        train = datasets.read_rl(args.train_file) if args.train_file else _preference_prompts(datasets.builtin("pref_train"))
-        val = datasets.read_rl(args.val_file) if args.val_file else _preference_prompts(datasets.builtin("pref_val"))
+        train = datasets.read_rl(args.train_file) if args.train_file else preference_prompts(datasets.builtin("pref_train"))
+        val = datasets.read_rl(args.val_file) if args.val_file else preference_prompts(datasets.builtin("pref_val"))
     else:
         train = datasets.read_rl(args.train_file or datasets.builtin("rl_train"))
         val = datasets.read_rl(args.val_file or datasets.builtin("rl_val"))
@@ -219,12 +219,12 @@ def rl_reward(args):
     from minipost.reward_fns import RewardFnError, combined_reward, load_reward_fns
 
     if args.reward_model is not None:
-        from minipost.rm_reward import RewardModelScorer
+        from minipost.rm_reward import RewardModelScorer, scorer_reward
 
         scorer = RewardModelScorer(args.reward_model, device=args.device, batch_size=args.batch_size)
         print(f"[{args.stage}] reward: the reward model {args.reward_model}, (r - {scorer.mean:.4g}) / "
               f"{scorer.std:.4g}", file=sys.stderr)
-        return lambda texts, ended, records: scorer.score([r["prompt"] for r in records], texts).tolist()
+        return scorer_reward(scorer)
     try:
         fns = load_reward_fns(args.reward_fn)
     except RewardFnError as e:
@@ -286,7 +286,7 @@ def check_prompts_fit(train: list[dict], val: list[dict], tok, cfg, args) -> Non
     from minipost.validate import check_prompts_fit as check
 
     builtin = ("pref_train", "pref_val") if getattr(args, "reward_model", None) is not None else ("rl_train", "rl_val")
-    for records, path in ((train, args.train_file or f"the built-in {builtin[0]}"),
+    for records, path in ((train, getattr(args, "train_file", None) or f"the built-in {builtin[0]}"),
                           (val, args.val_file or f"the built-in {builtin[1]}")):
         check([len(generation_prompt(r["prompt"], tok)) for r in records], args.max_new_tokens, cfg.max_seq_len, path)
 
