@@ -52,7 +52,11 @@ def reply_metrics(model, tok, records: list[dict], max_new_tokens: int = 64) -> 
     is not in the record, it has to be computed: those questions are scored apart, as
     total_accuracy, the skill the RL stages train.
     """
-    replies = greedy_replies(model, tok, [_prompt_of(r) for r in records], max_new_tokens)
+    return judge_replies(greedy_replies(model, tok, [_prompt_of(r) for r in records], max_new_tokens), records)
+
+
+def judge_replies(replies: list[tuple[str, bool]], records: list[dict]) -> dict:
+    """reply_metrics of given replies [(text, well_formed)], one per record carrying meta.fact."""
     n = max(len(records), 1)
     # One verdict per reply, grouped by question type; "total" is computed, the rest looked up.
     by_intent: dict[str, list[bool]] = {}

@@ -21,7 +21,7 @@ function that raises (retried one record at a time to find the record), returns 
 number of values, or returns something that is not a finite number.
 
 The built-in Minimart rewards (rewards.py) are two such functions and the default; their sum
-is, number for number, rollout.score's reward: task_reward + (format_reward if ended).
+is, number for number, task_reward + (format_reward if ended): rollout.builtin_reward.
 """
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ DEFAULT_REWARD_FNS = ("minipost.reward_fns:minimart_task_reward", "minipost.rewa
 _WHOLE_NUMBER = re.compile(r"\s*[-+]?[0-9]+\s*")  # what int() takes in task_reward, ASCII digits only
 
 
+def is_whole_number(answer) -> bool:
+    """Whether an "answer" column value is what the built-in task reward can compare: a whole
+    number as a string, e.g. "23"."""
+    return isinstance(answer, str) and _WHOLE_NUMBER.fullmatch(answer) is not None
+
+
 class RewardFnError(ValueError):
     """A reward function cannot be loaded, or what it returned (or raised) is unusable."""
 
@@ -54,7 +60,7 @@ def _answers(columns: dict, n: int, who: str) -> list:
         raise RewardFnError(f"{who} needs an 'answer' column (the order total, a decimal string such as \"23\") "
                             f"in the RL records; the records have: {sorted(k for k in columns if k != 'prompts')}")
     for i, a in enumerate(answers):
-        if not isinstance(a, str) or not _WHOLE_NUMBER.fullmatch(a):
+        if not is_whole_number(a):
             raise RewardFnError(f"{who}: record {i} has 'answer' {a!r}; expected a whole number as a string, e.g. \"23\"")
     return answers
 

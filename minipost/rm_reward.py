@@ -28,7 +28,9 @@ meaning against every RM, whatever scale its training happened to produce. norma
 gives the raw scores (TRL's behaviour).
 
 A scorer is also a reward function of DESIGN §14: scorer(completions, prompt=prompts, ...)
-returns one float per completion. TextFunctionScorer wraps a known function of the text in
+returns one float per completion; scorer_reward(scorer) is the form rollout.rollout takes
+(every reply scored as it was decoded, whether or not it ended with <|end|>: the RM sees
+the same prompt + reply + <|end|> sequence either way, as in its training). TextFunctionScorer wraps a known function of the text in
 the same interface, for deterministic RL checks without a trained RM.
 """
 from __future__ import annotations
@@ -160,3 +162,9 @@ class TextFunctionScorer(Scorer):
 
     def raw_scores(self, prompts: Sequence, completions: Sequence[str]) -> torch.Tensor:
         return torch.tensor([float(self.fn(p, c)) for p, c in zip(prompts, completions)], dtype=torch.float32)
+
+
+def scorer_reward(scorer: Scorer):
+    """A scorer as the RL stages' reward(texts, ended, records) -> [float] (rollout.rollout):
+    each reply scored against its record's prompt."""
+    return lambda texts, ended, records: scorer.score([r["prompt"] for r in records], texts).tolist()

@@ -20,13 +20,22 @@ recorded ones): logits column P - 1 + t predicts completion token t, i.e. the pr
 targets of docs/DESIGN.md §2 restricted to the completion columns. The G rows of a prompt share
 its forward pass through a KV cache, in training as in generation.
 
-Reward of a completion (rewards.py), on the reply text up to the first control token:
+Reward of a completion, on the reply text up to the first control token: one function
+reward(texts, ended, records) -> [float] (stages/common.rl_reward builds it from the flags):
 
-    r = task_reward(text, answer) + format_reward(text)   (format bonus only if the reply
-                                                            closed its turn with <|end|>)
+    default            r = task_reward(text, answer) + format_reward(text)   (the built-in
+                       reward functions of reward_fns.py; format bonus only if the reply
+                       closed its turn with <|end|>)
+    --reward-fn F...   r = sum_k w_k F_k(completions, **columns)   (reward_fns.combined_reward)
+    --reward-model RUN r = the RM's normalised score of (prompt, reply)   (rm_reward.py)
 
 Requiring <|end|> for the format bonus is our choice: a reply cut off at max_new_tokens is
 not well formatted, and the small bonus teaches the policy to finish its turn.
+
+Two numbers are measured beside the reward and never trained on: `correct`, the task reward
+alone, where every record has a whole-number "answer" (the built-in RL prompts), and `gold`,
+rewards.gold_score (fact stated, shop voice, ended properly), where every record carries
+meta.fact (the built-in preference prompts an RM run trains on).
 
 Old log-probs are those of the temperature-1 model (Generation.logps), which is the policy
 the losses optimise. Sampling at temperature != 1 is then an exploration choice whose
@@ -55,10 +64,11 @@ class Rollout:
     completions: torch.Tensor  # [N, C] sampled ids (pad after the stop token)
     mask: torch.Tensor  # [N, C] bool, completion tokens through the first stop token
     old_logps: torch.Tensor  # [N, C] float32 log-probs at sampling time, 0 off the mask
-    rewards: torch.Tensor  # [N] task + format reward
-    correct: torch.Tensor  # [N] task reward alone (1.0 right total, 0.0 otherwise)
+    rewards: torch.Tensor  # [N] the reward trained on (module docstring)
+    correct: torch.Tensor | None  # [N] task reward alone (1.0 right total, 0.0 otherwise), or None
     texts: list[str]  # [N] reply text (up to the first control token)
     group_size: int
+    gold: torch.Tensor | None = None  # [N] rewards.gold_score of each reply, or None
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -74,9 +84,10 @@ class Rollout:
             index = torch.as_tensor(index, dtype=torch.long)
             pick = lambda x: x[index.to(x.device)]  # noqa: E731
             texts = [self.texts[i] for i in index.tolist()]
+        maybe = lambda x: None if x is None else pick(x)  # noqa: E731
         return Rollout(pick(self.sequences), pick(self.doc_ids), pick(self.position_ids), self.prompt_width,
                        pick(self.completions), pick(self.mask), pick(self.old_logps), pick(self.rewards),
-                       pick(self.correct), texts, self.group_size)
+                       maybe(self.correct), texts, self.group_size, maybe(self.gold))
 
 
 def completion_mask(tokens: torch.Tensor, stop_ids) -> torch.Tensor:
@@ -92,19 +103,39 @@ def completion_mask(tokens: torch.Tensor, stop_ids) -> torch.Tensor:
     return stops_before == 0
 
 
-def score(text: str, ended: bool, answer: str) -> tuple[float, float]:
-    """-> (reward, task reward) of one reply text; see the module docstring."""
-    task = R.task_reward(text, answer)
-    return task + (R.format_reward(text) if ended else 0.0), task
+def builtin_reward(texts: list[str], ended: list[bool], records: list[dict]) -> list[float]:
+    """The default reward: the built-in Minimart functions of reward_fns.py, weights 1
+    (task_reward + format_reward where the reply ended)."""
+    from minipost.reward_fns import combined_reward, load_reward_fns
+
+    return combined_reward(load_reward_fns(None), None, texts, records, ended)
+
+
+def task_correct(texts: list[str], records: list[dict]) -> list[float] | None:
+    """rewards.task_reward of each reply where every record has a whole-number "answer", else None."""
+    from minipost.reward_fns import is_whole_number
+
+    if not all(is_whole_number(r.get("answer")) for r in records):
+        return None
+    return [R.task_reward(t, r["answer"]) for t, r in zip(texts, records)]
+
+
+def gold_scores(texts: list[str], ended: list[bool], records: list[dict]) -> list[float] | None:
+    """rewards.gold_score of each reply where every record carries meta.fact, else None."""
+    if not all(isinstance(r.get("meta"), dict) and isinstance(r["meta"].get("fact"), str) for r in records):
+        return None
+    return [R.gold_score(t, r, e) for t, e, r in zip(texts, ended, records)]
 
 
 @torch.no_grad()
 def rollout(model, tokenizer, records: list[dict], group_size: int, max_new_tokens: int, *,
             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-            generator: torch.Generator | None = None) -> Rollout:
+            generator: torch.Generator | None = None, reward=None) -> Rollout:
     """Sample group_size completions for each record and score them.
 
-    records: RL records {"prompt": [messages ending with a user turn], "answer": str}
+    records: RL records {"prompt": [messages ending with a user turn], ...other columns}
+    reward:  reward(texts, ended, records) -> [float] (None: builtin_reward); records holds
+             the record of each row (each repeated group_size times)
     returns: a Rollout with N = len(records) * group_size rows, grouped consecutively
     """
     if group_size < 1:
@@ -128,16 +159,17 @@ def rollout(model, tokenizer, records: list[dict], group_size: int, max_new_toke
     doc_ids = torch.cat([doc, torch.ones_like(gen.tokens)], 1)
     position_ids = torch.cat([pos, pos[:, -1:] + steps], 1)
 
-    rewards, correct, texts = [], [], []
-    for row, (tokens, keep) in enumerate(zip(gen.tokens.tolist(), mask.tolist())):
-        text, ended = reply_text([t for t, k in zip(tokens, keep) if k], tokenizer)
-        r, task = score(text, ended, records[row // group_size]["answer"])
-        rewards.append(r)
-        correct.append(task)
+    texts, ended = [], []
+    for tokens, keep in zip(gen.tokens.tolist(), mask.tolist()):
+        text, done = reply_text([t for t, k in zip(tokens, keep) if k], tokenizer)
         texts.append(text)
+        ended.append(done)
+    rows = [r for r in records for _ in range(group_size)]
+    rewards = (reward or builtin_reward)(texts, ended, rows)
+    as_tensor = lambda xs: None if xs is None else torch.tensor(xs, device=device)  # noqa: E731  float32
     old = torch.where(mask, gen.logps.float(), torch.zeros((), device=device))
-    return Rollout(sequences, doc_ids, position_ids, P, gen.tokens, mask, old,
-                   torch.tensor(rewards, device=device), torch.tensor(correct, device=device), texts, group_size)
+    return Rollout(sequences, doc_ids, position_ids, P, gen.tokens, mask, old, as_tensor(rewards),
+                   as_tensor(task_correct(texts, rows)), texts, group_size, as_tensor(gold_scores(texts, ended, rows)))
 
 
 def completion_logps(model, ro: Rollout, return_hidden: bool = False, share_prompt: bool = True):
@@ -181,15 +213,16 @@ def completion_logps(model, ro: Rollout, return_hidden: bool = False, share_prom
 
 
 def batch_stats(ro: Rollout) -> dict[str, float]:
-    """What every RL stage logs about a rollout: reward mean/std, accuracy, length, and the
-    share of groups whose rewards are all equal (they give zero advantage, no signal)."""
+    """What every RL stage logs about a rollout: reward mean/std, accuracy (where the records
+    have answers), gold_mean (where they carry facts), length, and the share of groups whose
+    rewards are all equal (they give zero advantage, no signal)."""
     r = ro.rewards.double()
-    stats = {
-        "reward_mean": r.mean().item(),
-        "reward_std": r.std(unbiased=True).item() if r.numel() > 1 else 0.0,
-        "task_acc": ro.correct.double().mean().item(),
-        "completion_len": ro.lengths.double().mean().item(),
-    }
+    stats = {"reward_mean": r.mean().item(), "reward_std": r.std(unbiased=True).item() if r.numel() > 1 else 0.0}
+    if ro.correct is not None:
+        stats["task_acc"] = ro.correct.double().mean().item()
+    if ro.gold is not None:
+        stats["gold_mean"] = ro.gold.double().mean().item()
+    stats["completion_len"] = ro.lengths.double().mean().item()
     if ro.group_size > 1:
         groups = r.view(-1, ro.group_size)
         stats["zero_std_frac"] = (groups.max(1).values == groups.min(1).values).double().mean().item()
@@ -208,6 +241,14 @@ def step_prompts(train: list[dict], n: int, seed: int, step: int) -> list[dict]:
 def sampling_generator(seed: int, step: int, device="cpu") -> torch.Generator:
     """The generator that samples step `step`'s completions (each rank passes its own step index)."""
     return rng(seed, "sampling", step, device=device)
+
+
+def rollout_kl(ro: Rollout, ref_logps: torch.Tensor) -> float:
+    """The logged `kl`: sum_t (log pi_old(y_t) - log pi_ref(y_t)) over each completion, mean
+    over the batch (a sample estimate of KL(pi_old || pi_ref) per completion, in nats)."""
+    from minipost.losses import masked_sum
+
+    return masked_sum(ro.old_logps - ref_logps, ro.mask, dim=1).mean().item()
 
 
 def batched(fn, ro: Rollout, rows: int) -> torch.Tensor:

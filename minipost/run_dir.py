@@ -26,7 +26,7 @@ from minipost import checkpoint
 
 # Files and directories a run writes at its top level (checkpoint units aside; DPO's reference
 # log-probs are computed once per run, not per step, so they stay beside the units).
-RUN_FILES = ("metrics.jsonl", "eval.json", "curves.png", "ref_logps.safetensors", checkpoint.POINTER,
+RUN_FILES = ("metrics.jsonl", "eval.json", "curves.png", "ref_logps.safetensors", "samples.jsonl", checkpoint.POINTER,
              *checkpoint.LEGACY_FILES)
 
 

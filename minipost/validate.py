@@ -5,7 +5,8 @@ evaluation, --seq-len 0 as an IndexError deep in packing) or is accepted silentl
 (--save-every -1, --warmup -5). Each check raises with the flag or file, the value and what
 was expected:
 
-    validate_args(args)                   every numeric flag, --device, --lora-targets (cli.parse)
+    validate_args(args)                   every numeric flag, --device, --lora-targets, the RL
+                                          reward flags (check_reward_args) (cli.parse)
     check_against_model(args, cfg)        --seq-len / --max-len vs the model's context (after loading)
     validate_config_dict(d, source)       the "model" section of a config.json
     load_tokenizer_checked(path)          a tokenizer.model that SentencePiece cannot read
@@ -68,6 +69,8 @@ RANGES: dict[str, tuple[float, bool, float | None, str]] = {
     "value_lr": (0, False, None, "the value head's learning rate"),
     "epsilon": (0, False, None, "the ratio clip width"),
     "epsilon_high": (0, False, None, "the upper ratio clip width"),
+    "max_n": (1, True, None, "samples per prompt"),
+    "max_pairs": (1, True, None, "training pairs"),
 }
 # Where a stage needs more: group-relative advantages compare a completion with the others
 # of its group, so a group of one has none (its std is undefined).
@@ -133,6 +136,51 @@ def validate_args(args) -> None:
         check_device(args.device)
     if getattr(args, "peft", "none") in ("lora", "qlora") and getattr(args, "lora_targets", None) is not None:
         check_lora_targets(args.lora_targets)
+    check_reward_args(args)
+
+
+def check_reward_args(args) -> None:
+    """--reward-model, --reward-fn and --reward-weights of the RL stages: one reward source,
+    one weight per function, and an RM run that can score (its model, value head and the
+    held-out normaliser in eval.json)."""
+    from minipost.reward_fns import DEFAULT_REWARD_FNS
+
+    rm, fns, weights = (getattr(args, k, None) for k in ("reward_model", "reward_fn", "reward_weights"))
+    if rm is not None and (fns is not None or weights is not None):
+        _fail("--reward-model and --reward-fn / --reward-weights are two rewards; give one of them")
+    if weights is not None:
+        n = len(fns) if fns is not None else len(DEFAULT_REWARD_FNS)
+        if len(weights) != n:
+            what = f"{n} --reward-fn functions" if fns is not None else f"the {n} built-in reward functions"
+            _fail(f"--reward-weights gives {len(weights)} weights for {what}; give one per function")
+        if not all(math.isfinite(w) for w in weights):
+            _fail(f"--reward-weights {weights}: every weight must be a finite number")
+    if rm is not None:
+        check_reward_model_run(rm)
+
+
+def check_reward_model_run(run) -> None:
+    """A --reward-model directory must be a finished --stage rm run: config.json of stage rm,
+    value_head.safetensors, and eval.json with a finite reward_mean and a reward_std > 0."""
+    run = Path(run)
+    if not run.is_dir():
+        _fail(f"--reward-model {run}: no such directory (give the --out of a --stage rm run)")
+    from minipost.checkpoint import current_checkpoint, read_json
+
+    unit = current_checkpoint(run) or run  # the current checkpoint unit, or a run of the flat layout
+    missing = [f for f in ("config.json", "value_head.safetensors") if not (unit / f).is_file()]
+    missing += [] if (run / "eval.json").is_file() else ["eval.json"]
+    if missing:
+        _fail(f"--reward-model {run}: not a finished --stage rm run, {', '.join(missing)} missing")
+
+    stage = read_json(unit / "config.json").get("stage")
+    if stage != "rm":
+        _fail(f"--reward-model {run}: a --stage {stage} run, not a reward model (--stage rm)")
+    stats = read_json(run / "eval.json")
+    mean, std = stats.get("reward_mean"), stats.get("reward_std")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (mean, std)) or std <= 0:
+        _fail(f"--reward-model {run}: eval.json needs a finite reward_mean and a reward_std > 0 (the held-out "
+              f"normaliser), got reward_mean {mean}, reward_std {std}")
 
 
 def check_against_model(args, cfg) -> None:

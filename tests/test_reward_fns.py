@@ -1,5 +1,5 @@
 """minipost.reward_fns: loading by import path, TRL's calling convention, weighted sums, errors
-naming the function and record, and the built-in rewards equal to rollout.score."""
+naming the function and record, and the built-in rewards equal to task + (format if ended)."""
 import sys
 
 import pytest
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from minipost import rewards as R
 from minipost.reward_fns import (DEFAULT_REWARD_FNS, RewardFnError, combined_reward, load_reward_fn,
                                  load_reward_fns, minimart_format_reward, minimart_task_reward, score_each)
-from minipost.rollout import score
+from minipost.rollout import builtin_reward
 
 TOY = '''
 def length(completions, **kwargs):
@@ -119,12 +119,14 @@ PIECES = ["Total: $", "Total: $23", "Total: 23", "$23.50", "23", "7", "Subtotal:
 @settings(max_examples=300, deadline=None)
 @given(texts=st.lists(st.lists(st.sampled_from(PIECES), max_size=6).map("".join), min_size=1, max_size=8),
        ended=st.data(), answers=st.data())
-def test_builtin_default_equals_rollout_score(texts, ended, answers):
+def test_builtin_default_equals_task_plus_format_if_ended(texts, ended, answers):
     ended = [ended.draw(st.booleans()) for _ in texts]
     records = [{"prompt": PROMPT, "answer": answers.draw(st.sampled_from(["23", "7", "0"]))} for _ in texts]
     got = combined_reward(load_reward_fns(), None, texts, records, ended)
-    want = [score(t, e, r["answer"])[0] for t, e, r in zip(texts, ended, records)]
+    want = [R.task_reward(t, r["answer"]) + (R.format_reward(t) if e else 0.0)
+            for t, e, r in zip(texts, ended, records)]
     assert got == want  # bit for bit
+    assert builtin_reward(texts, ended, records) == want  # the RL stages' default
     assert score_each(load_reward_fns()[:1], texts, records, ended)[0] == [R.task_reward(t, r["answer"])
                                                                             for t, r in zip(texts, records)]
 

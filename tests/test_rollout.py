@@ -11,7 +11,7 @@ from minipost.config import preset
 from minipost.generate import Generation
 from minipost.logprobs import token_logps
 from minipost.model import GPT
-from minipost.rollout import batch_stats, completion_logps, completion_mask, rollout, score
+from minipost.rollout import batch_stats, builtin_reward, completion_logps, completion_mask, rollout
 
 
 class EndBiasedGPT(GPT):
@@ -133,7 +133,8 @@ def test_rewards_are_task_plus_format_and_grouped(small_tokenizer, monkeypatch):
     ro = rollout(model, tok, recs, 4, max_new_tokens=width)
     assert torch.equal(ro.rewards, torch.tensor([r for _, r, _ in replies]))  # both float32
     assert torch.equal(ro.correct, torch.tensor([c for _, _, c in replies]))
-    assert score("Total: $7", True, "7") == (1.1, 1.0)
+    assert builtin_reward(["Total: $7", "Total: $7"], [True, False], recs[:1] * 2) == [1.1, 1.0]
+    assert ro.gold is None  # RL records carry no meta.fact
     stats = batch_stats(ro)
     r = torch.tensor([r for _, r, _ in replies]).double()
     assert abs(stats["reward_mean"] - r.mean().item()) < 1e-12
@@ -146,11 +147,17 @@ def test_zero_std_fraction_counts_groups_with_equal_rewards():
     ro = type("R", (), {})()
     ro.rewards = torch.tensor([1.0, 1.0, 0.1, 0.1, 0.0, 1.1])
     ro.correct = torch.zeros(6)
+    ro.gold = None
     ro.mask = torch.ones(6, 3, dtype=torch.bool)
     ro.lengths = ro.mask.sum(1)
     ro.group_size = 2
     assert batch_stats(ro)["zero_std_frac"] == 2 / 3
     assert batch_stats(ro)["completion_len"] == 3.0
+    assert "gold_mean" not in batch_stats(ro)
+    # Prompts with facts and without answers: gold_mean is logged, task_acc is not.
+    ro.correct, ro.gold = None, torch.tensor([1.0, 0.5, 0.0, 0.2, 0.3, 0.7])
+    stats = batch_stats(ro)
+    assert "task_acc" not in stats and abs(stats["gold_mean"] - 2.7 / 6) < 1e-7
 
 
 def test_shared_prompt_pass_equals_full_rows_in_values_and_gradients(small_tokenizer):

@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 
 from minipost import checkpoint, distributed, pretrained
+# The held-out rules (test split, general questions) live in minipost/heldout.py; the stages
+# call them through here.
+from minipost.heldout import add_test_arg, as_before, held_out, on_pretrained_base, test_name, test_path  # noqa: F401
 from minipost.tokenizer import Tokenizer
 
 
@@ -175,28 +178,122 @@ def resume_step(args, optimizer) -> int:
 
 def add_rl_args(g, group_size: int) -> None:
     """The flags every RL stage shares (GRPO, RLOO, PPO), on the argument group g."""
-    g.add_argument("--train-file", type=Path, default=None, help="RL prompts JSONL (default: built-in rl_train)")
-    g.add_argument("--val-file", type=Path, default=None, help="held-out RL prompts (default: built-in rl_val)")
-    add_test_arg(g, "rl_test")
+    g.add_argument("--train-file", type=Path, default=None,
+                   help="RL prompts JSONL {\"prompt\", ...columns} (default: built-in rl_train; with "
+                        "--reward-model the built-in preference prompts of pref_train)")
+    g.add_argument("--val-file", type=Path, default=None,
+                   help="held-out RL prompts (default: built-in rl_val; with --reward-model those of pref_val)")
+    add_test_arg(g, "rl_test, or pref_test with --reward-model")
     g.add_argument("--group-size", type=int, default=group_size, help="completions sampled per prompt (G, k)")
     g.add_argument("--prompts-per-step", type=int, default=8, help="prompts per rollout batch")
     g.add_argument("--max-new-tokens", type=int, default=64, help="completion length limit")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollouts")
+    g.add_argument("--reward-model", type=Path, default=None,
+                   help="a --stage rm run: reward = its score of each completion, standardised by the "
+                        "held-out reward_mean/reward_std of its eval.json (RLHF; minipost/rm_reward.py)")
+    g.add_argument("--reward-fn", nargs="+", default=None, metavar="SPEC",
+                   help="reward functions 'module:function' or 'path/file.py:function', "
+                        "f(completions, **columns) -> [float] (None: the built-in Minimart task + format rewards)")
+    g.add_argument("--reward-weights", nargs="+", type=float, default=None, metavar="W",
+                   help="one weight per reward function (None: all 1)")
+
+
+def preference_prompts(path) -> list[dict]:
+    """The prompts of a preference file as RL records {"prompt", "meta"}: the replies dropped,
+    meta (with the fact the gold judge checks) kept."""
+    from minipost import data as datasets
+
+    return [{"prompt": r["prompt"], **({"meta": r["meta"]} if "meta" in r else {})}
+            for r in datasets.read_preferences(path)]
 
 
 def load_prompts(args) -> tuple[list[dict], list[dict]]:
-    """(train records, held-out records capped at --max-eval) of {"prompt", "answer"}."""
+    """(train records, held-out records capped at --max-eval) of {"prompt", ...columns}: --train-file
+    / --val-file, else the built-in rl_train / rl_val, or with --reward-model pref_train / pref_val."""
     from minipost import data as datasets
 
-    train = datasets.read_rl(args.train_file or datasets.builtin("rl_train"))
-    val = datasets.read_rl(args.val_file or datasets.builtin("rl_val"))[: args.max_eval]
-    return train, val
+    if getattr(args, "reward_model", None) is not None:
+        train = datasets.read_rl(args.train_file) if args.train_file else preference_prompts(datasets.builtin("pref_train"))
+        val = datasets.read_rl(args.val_file) if args.val_file else preference_prompts(datasets.builtin("pref_val"))
+    else:
+        train = datasets.read_rl(args.train_file or datasets.builtin("rl_train"))
+        val = datasets.read_rl(args.val_file or datasets.builtin("rl_val"))
+    return train, val[: args.max_eval]
+
+
+def rl_reward(args):
+    """The reward the RL stages train on -> reward(texts, ended, records) -> [float] (rollout.py):
+    --reward-model (the RM's standardised score), else --reward-fn with --reward-weights,
+    else the built-in Minimart rewards. A reward function's error is one line naming it."""
+    from minipost.reward_fns import RewardFnError, combined_reward, load_reward_fns
+
+    if args.reward_model is not None:
+        from minipost.rm_reward import RewardModelScorer, scorer_reward
+
+        scorer = RewardModelScorer(args.reward_model, device=args.device, batch_size=args.batch_size)
+        print(f"[{args.stage}] reward: the reward model {args.reward_model}, (r - {scorer.mean:.4g}) / "
+              f"{scorer.std:.4g}", file=sys.stderr)
+        return scorer_reward(scorer)
+    try:
+        fns = load_reward_fns(args.reward_fn)
+    except RewardFnError as e:
+        raise SystemExit(f"train.py: error: {e}") from e
+
+    def reward(texts, ended, records):
+        try:
+            return combined_reward(fns, args.reward_weights, texts, records, ended)
+        except RewardFnError as e:
+            raise SystemExit(f"train.py: error: {e}") from e
+    return reward
+
+
+def rl_held_out(model, tok, val: list[dict], args, reward) -> dict:
+    """The RL stages' held-out numbers on one split, greedy replies to its prompts: task_accuracy where the
+    records have whole-number answers; otherwise reward_mean (the trained reward), and where
+    they carry meta.fact gold_mean and the judges of evaluate.judge_replies."""
+    from minipost.evaluate import greedy_replies, judge_replies
+    from minipost.rollout import gold_scores, task_correct
+
+    replies = greedy_replies(model, tok, [r["prompt"] for r in val], args.max_new_tokens)
+    texts, ended = [t for t, _ in replies], [e for _, e in replies]
+    correct = task_correct(texts, val)
+    if correct is not None and args.reward_model is None and args.reward_fn is None:
+        return {"task_accuracy": sum(correct) / max(len(val), 1)}
+    out = {"reward_mean": sum(reward(texts, ended, val)) / max(len(val), 1)}
+    if correct is not None:
+        out["task_accuracy"] = sum(correct) / max(len(val), 1)
+    gold = gold_scores(texts, ended, val)
+    if gold is not None:
+        out["gold_mean"] = sum(gold) / len(gold)
+        out.update(judge_replies(replies, val))
+    return out
+
+
+def held_out_record(numbers: dict) -> dict:
+    """The held-out numbers as metrics.jsonl keys (--eval-every): val_<name>, numbers only."""
+    return {f"val_{k}": v for k, v in numbers.items() if isinstance(v, float)}
+
+
+def held_out_before(evaluate, args) -> dict:
+    """The starting model's held-out numbers as {key}_before (kept in config.json, so --resume reuses them)."""
+    if args.resume:
+        info = checkpoint.read_json(checkpoint.checkpoint_dir(args.out) / "config.json")
+        before = {k: v for k, v in info.items() if k.endswith("_before")}
+        if before:
+            return before
+    before = {f"{k}_before": v for k, v in evaluate().items()}
+    shown = ", ".join(f"{k} = {v:.3f}" for k, v in before.items() if isinstance(v, float))
+    print(f"[{args.stage}] {shown} on the held-out prompts", file=sys.stderr)
+    return before
 
 
 def load_test_prompts(args) -> list[dict] | None:
-    """The test split's RL prompts (--max-eval of them), None without one (test_path)."""
+    """The test split's RL prompts (--max-eval of them), None without one (test_path): the
+    built-in rl_test, or with --reward-model the prompts of pref_test."""
     from minipost import data as datasets
 
+    if getattr(args, "reward_model", None) is not None and args.test_file is None:
+        return preference_prompts(datasets.builtin("pref_test"))[: args.max_eval] if args.val_file is None else None
     path = test_path(args.test_file, args.val_file, "rl_test")
     return datasets.read_rl(path)[: args.max_eval] if path else None
 
@@ -207,9 +304,11 @@ def check_prompts_fit(train: list[dict], val: list[dict], tok, cfg, args, test: 
     from minipost.chat import generation_prompt
     from minipost.validate import check_prompts_fit as check
 
-    for records, path in ((train, args.train_file or "the built-in rl_train"),
-                          (val, args.val_file or "the built-in rl_val"),
-                          (test or [], args.test_file or "the built-in rl_test")):
+    builtin = ("pref_train", "pref_val", "pref_test") if getattr(args, "reward_model", None) is not None \
+        else ("rl_train", "rl_val", "rl_test")
+    for records, path in ((train, getattr(args, "train_file", None) or f"the built-in {builtin[0]}"),
+                          (val, args.val_file or f"the built-in {builtin[1]}"),
+                          (test or [], getattr(args, "test_file", None) or f"the built-in {builtin[2]}")):
         check([len(generation_prompt(r["prompt"], tok)) for r in records], args.max_new_tokens, cfg.max_seq_len, path)
 
 
@@ -221,7 +320,7 @@ def reference_copy(args, coef: float):
     return load_stage_model(args.init, args.device)[0]
 
 
-def step_rollout(model, tok, train: list[dict], step: int, args):
+def step_rollout(model, tok, train: list[dict], step: int, args, reward=None):
     """The Rollout of RL step `step`: --prompts-per-step prompts drawn for the step, --group-size
     completions each. torchrun: each rank takes its share of the prompts and samples them with
     its own generator (rollout.sampling_generator of its shard index)."""
@@ -231,96 +330,10 @@ def step_rollout(model, tok, train: list[dict], step: int, args):
     prompts = step_prompts(train, args.prompts_per_step * distributed.world_size(), args.seed, step)
     try:
         return rollout(model, tok, distributed.shard(prompts), args.group_size, args.max_new_tokens,
-                       temperature=args.temperature,
+                       temperature=args.temperature, reward=reward,
                        generator=sampling_generator(args.seed, distributed.shard_index(step), args.device))
     except NonFiniteError as e:  # diverged sampling probabilities: name the step (1-based, as the log does)
         raise e.at(step + 1) from None
-
-
-def task_accuracies(model, tok, val, test, args) -> dict:
-    """task_accuracy on the validation prompts, test_task_accuracy on the test prompts (when
-    there are some), general_accuracy on a real model (held_out)."""
-    from minipost.evaluate import task_accuracy
-
-    def measure(prompts):
-        return {"task_accuracy": task_accuracy(model, tok, prompts, max_new_tokens=args.max_new_tokens)}
-
-    return held_out(args, model, tok, measure, val, test)
-
-
-def accuracy_before(model, tok, val, args, test=None) -> dict:
-    """The starting model's task_accuracies as *_before (kept in config.json, so --resume
-    reuses them)."""
-    if args.resume:
-        info = checkpoint.read_json(checkpoint.checkpoint_dir(args.out) / "config.json")
-        if "task_accuracy_before" in info:
-            return {k: v for k, v in info.items() if k.endswith("_before")}
-    before = as_before(task_accuracies(model, tok, val, test, args))
-    print(f"[{args.stage}] task_accuracy_before = {before['task_accuracy_before']:.3f} on {len(val)} held-out prompts",
-          file=sys.stderr)
-    return before
-
-
-# ----------------------------------------------------------------------------- held-out numbers
-
-def add_test_arg(p, builtin_name: str) -> None:
-    """--test-file: the split reported beside --val-file (settings are chosen on val only)."""
-    p.add_argument("--test-file", type=Path, default=None,
-                   help=f"test JSONL reported beside the validation split (default: the built-in {builtin_name} "
-                        f"when --val-file is not given, else none: no test numbers)")
-
-
-def test_path(test_file, val_file, builtin_name: str):
-    """The test split to report: --test-file, else the built-in one when validation is on the
-    built-in data too, else None (own validation data and no --test-file: no test numbers)."""
-    from minipost import data as datasets
-
-    if test_file is not None:
-        return test_file
-    return datasets.builtin(builtin_name) if val_file is None else None
-
-
-def test_name(name: str) -> str:
-    """A validation metric's name on the test split: val_loss -> test_loss, fact_accuracy ->
-    test_fact_accuracy (and its start value test_fact_accuracy_before)."""
-    return "test_" + name.removeprefix("val_")
-
-
-def on_pretrained_base(init) -> bool:
-    """True when init is a real model ("smollm2", ...) or a run built on one (config.json
-    "base", followed back): a model that speaks English, so general questions mean something."""
-    for _ in range(32):  # a chain of runs is short; a cycle must not hang
-        if init is None or pretrained.is_pretrained_source(init):
-            return init is not None
-        cfg = (checkpoint.current_checkpoint(init) or Path(init)) / "config.json"  # a unit, or the flat layout
-        if not cfg.is_file():
-            return False
-        init = checkpoint.read_json(cfg).get("base")
-    return False
-
-
-def held_out(args, model, tok, measure, val, test=None, general: bool = True) -> dict:
-    """The held-out numbers of eval.json: measure(val) under its own names, measure(test)
-    under test_name()s when there is a test split, and on a model built on a pretrained base
-    general_accuracy on general_val and test_general_accuracy on general_test (data/general.py,
-    --max-eval questions each; skipped on the built-in model, which speaks no English, and
-    with general=False: the reward model and the probe do not generate)."""
-    out = dict(measure(val))
-    if test is not None:
-        out.update({test_name(k): v for k, v in measure(test).items()})
-    if general and on_pretrained_base(args.init):
-        from minipost import data as datasets
-        from minipost.evaluate import general_accuracy
-
-        for split, prefix in (("general_val", ""), ("general_test", "test_")):
-            questions = datasets.read_general(datasets.builtin(split))[: args.max_eval]
-            out.update({prefix + k: v for k, v in general_accuracy(model, tok, questions).items()})
-    return out
-
-
-def as_before(metrics: dict) -> dict:
-    """The starting model's numbers under the names eval.json keeps them: name_before."""
-    return {f"{k}_before": v for k, v in metrics.items()}
 
 
 def finish(args, metrics: dict, started: float) -> dict:

@@ -8,7 +8,8 @@ Per step:
 
     1. rollout   --group-size completions of each of --prompts-per-step prompts, one batched
                  KV-cached generate call (minipost/rollout.py), log pi_old recorded
-    2. score     s_i = task_reward + format_reward of completion i (minipost/rewards.py)
+    2. score     s_i = task_reward + format_reward of completion i (minipost/rewards.py), the
+                 weighted --reward-fn functions, or the --reward-model's standardised score
     3. rewards   per completion token t of completion i               (shaped_rewards)
                      r_it = -kl_coef * (log pi_old(y_it) - log pi_ref(y_it))
                      r_it += s_i                  at the LAST completion token only
@@ -34,19 +35,25 @@ score seen from every emitted token is the same; only that extra critic position
 
 The critic, our choice: a value head (value_head.ValueHead, one linear map d_model -> 1) on
 the policy's own hidden states (a shared trunk, the usual actor-critic layout), so one
-forward pass gives both log-probs and values; the separate-critic alternative (TRL: a
-second model, often initialised from the reward model) doubles the forward and backward
-cost, too much for a CPU run. The
-value loss reaches the shared trunk scaled by --vf-coef. The head starts at zero weights,
-so its first, uninformed, gradients do not move the trunk, and learns at its own rate
---value-lr (a fresh head at the policy's small learning rate would barely move). It is
-saved with the policy, as value_head.safetensors in the same checkpoint unit (for --resume).
+forward pass gives both log-probs and values. The value loss reaches the shared trunk
+scaled by --vf-coef. The head starts at zero weights, so its first, uninformed, gradients
+do not move the trunk, and learns at its own rate --value-lr (a fresh head at the policy's
+small learning rate would barely move). It is saved with the policy, as
+value_head.safetensors in the same checkpoint unit (for --resume).
+With --reward-model the critic still starts from the policy, not from the reward model
+(TRL's PPOTrainer and InstructGPT start a separate value model from the RM): the RM's head
+reads the RM's own trunk, so a critic from the RM is a fourth full model with its own
+forward and backward per minibatch, about doubling the update on a CPU, while what the RM
+knows is already in the reward the critic learns to predict (its score of the final
+token). The RLHF run then holds three trunks: policy (+ value head, trained), reference
+(frozen) and reward model (frozen, used once per rollout).
 
 The reference is the --init model: a frozen copy for full fine-tuning, the same model
 inside peft.disable_adapters under --peft, and none at all with --kl-coef 0.
-Logged: reward mean/std, batch task accuracy, kl (mean over completions of the summed
-log pi_old - log pi_ref; absent with --kl-coef 0), policy and value clip fractions,
-completion length, losses.
+Logged: reward mean/std, batch task accuracy (prompts with answers), gold_mean (prompts with
+facts, never trained on), kl (mean over completions of the summed log pi_old - log pi_ref;
+absent with --kl-coef 0), policy and value clip fractions, completion length, losses.
+eval.json: the held-out numbers of common.held_out, before and after.
 """
 from __future__ import annotations
 
@@ -55,9 +62,8 @@ import time
 import torch
 
 from minipost import checkpoint, distributed
-from minipost.evaluate import task_accuracy
-from minipost.losses import gae, masked_mean, masked_sum, ppo_policy_loss, ppo_value_loss, whiten
-from minipost.rollout import batch_stats, batched, completion_logps, reference_scorer
+from minipost.losses import gae, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
+from minipost.rollout import batch_stats, batched, completion_logps, reference_scorer, rollout_kl
 from minipost.seeding import rng
 from minipost.stages import common
 from minipost.training import Progress, clip_and_step, make_optimizer, set_lr
@@ -122,9 +128,12 @@ def run(args):
     test = common.load_test_prompts(args)
     common.check_prompts_fit(train, val, tok, model.cfg, args, test)
     ref_scorer = reference_scorer(model, args.kl_coef, args.batch_size, common.reference_copy(args, args.kl_coef))
-    held_out_accuracy = lambda: task_accuracy(model, tok, val, max_new_tokens=args.max_new_tokens)  # noqa: E731
+    reward = common.rl_reward(args)
+    def held_out():  # val under its names, test as test_*, general questions on a real model
+        return common.held_out(args, model, tok, lambda split: common.rl_held_out(model, tok, split, args, reward),
+                               val, test)
 
-    before = common.accuracy_before(model, tok, val, args, test)  # {"task_accuracy_before": ..., ...}
+    before = common.held_out_before(held_out, args)
     optimizer = make_optimizer(model, args.lr)
     optimizer.add_param_group({"params": list(head.parameters()), "weight_decay": 0.0,
                                "lr": args.value_lr, "lr_scale": args.value_lr / args.lr})
@@ -144,7 +153,7 @@ def run(args):
             t0 = time.time()
             lr = set_lr(optimizer, step, args)
             # 1.-2. rollout and scores
-            ro = common.step_rollout(model, tok, train, step, args)
+            ro = common.step_rollout(model, tok, train, step, args, reward)
             t1 = time.time()
             # 3.-5. per-token rewards, the critic's values, GAE
             with torch.no_grad():
@@ -156,7 +165,7 @@ def run(args):
             advantages = whiten(advantages, ro.mask)
             record = {"lr": lr, **batch_stats(ro), "value_mean": masked_mean(old_values, ro.mask).item()}
             if ref_logps is not None:
-                record["kl"] = masked_sum(ro.old_logps - ref_logps, ro.mask, dim=1).mean().item()
+                record["kl"] = rollout_kl(ro, ref_logps)
             # 6. update: --ppo-epochs passes over random minibatches, one optimizer step each
             model.train()
             order = rng(args.seed, "minibatches", step)
@@ -181,7 +190,6 @@ def run(args):
             record.update({k: v / count for k, v in sums.items()})
             record.update(rollout_s=t1 - t0, update_s=time.time() - t1)
             progress.log(step, distributed.mean_across_ranks(record),  # torchrun: the mean over the ranks
-                         evaluate=lambda: {"val_task_accuracy": held_out_accuracy()})
+                         evaluate=lambda: common.held_out_record(held_out()))
     save(args.steps)
-    after = common.task_accuracies(model, tok, val, test, args)
-    return common.finish(args, {**before, **after, "eval_prompts": len(val)}, started)
+    return common.finish(args, {**before, **held_out(), "eval_prompts": len(val)}, started)

@@ -53,6 +53,9 @@ def add_args(p, stage):
     p.add_argument("--train-file", type=Path, default=None, help="preference JSONL (default: built-in pref_train)")
     p.add_argument("--val-file", type=Path, default=None, help="held-out preference JSONL (default: pref_val)")
     common.add_test_arg(p, "pref_test")
+    p.add_argument("--max-pairs", type=int, default=None,
+                   help="train on the first N preference pairs only (None: all), e.g. to compare reward models "
+                        "of different quality")
 
 
 def full_sequence(doc) -> list[int]:
@@ -123,7 +126,7 @@ def run(args):
     max_len = args.max_len or model.cfg.max_seq_len
 
     # Data: full sequences of prompt + reply + <|end|>; a margin per pair.
-    train_records = datasets.read_preferences(args.train_file or datasets.builtin("pref_train"))
+    train_records = datasets.read_preferences(args.train_file or datasets.builtin("pref_train"))[: args.max_pairs]
     val_records = datasets.read_preferences(args.val_file or datasets.builtin("pref_val"))
     validate.check_pairs_differ(train_records, args.train_file or "the built-in pref_train")  # zero-gradient pairs
     train_pairs, kept = tokenize_pairs(train_records, tok, max_len)

@@ -1,11 +1,14 @@
-"""Reinforcement learning from verifiable rewards: GRPO (`--stage grpo`) and RLOO (`--stage rloo`).
+"""Reinforcement learning from verifiable rewards, reward functions or a reward model: GRPO
+(`--stage grpo`) and RLOO (`--stage rloo`).
 
 Both start from the SFT model and repeat, for --steps steps:
 
     1. rollout   pick --prompts-per-step RL prompts; sample --group-size completions of each
                  in one batched, KV-cached generate call (minipost/rollout.py), recording
                  log pi_old of every sampled token
-    2. reward    r_i = task_reward + format_reward of completion i (minipost/rewards.py)
+    2. reward    r_i = task_reward + format_reward of completion i (minipost/rewards.py), or
+                 the weighted --reward-fn functions, or with --reward-model RUN the reward
+                 model's standardised score (RLHF; rollout.py and rm_reward.py say how)
     3. advantage computed inside each prompt's group, no learned critic
     4. update    --inner-epochs optimizer steps on this batch (the ratio pi/pi_old starts at 1)
 
@@ -28,13 +31,17 @@ under --peft it is the same model with its adapters switched off (peft.disable_a
 for full fine-tuning with beta > 0 a frozen copy is loaded from --init.
 
 Logged each step (metrics.jsonl and the progress bar): reward mean/std, task accuracy on
-the batch, kl to the reference when one is kept (GRPO: mean k3 per token; RLOO: mean summed
-log-ratio per completion), clip fraction of the last inner epoch (always 0 with
---inner-epochs 1, where ratio = 1), completion length, the share of groups whose G rewards
-are all equal (zero advantage: no learning signal), and the time of each part of the step.
-eval.json: task_accuracy_before (the starting model) and task_accuracy, greedy on the
-held-out rl_val prompts (at most --max-eval of them); the same on rl_test (or --test-file) as
-test_task_accuracy(_before), and general_accuracy on a real model (common.held_out).
+the batch (prompts with answers), gold_mean (prompts with facts: rewards.gold_score, never
+trained on), kl to the reference when one is kept (the summed log pi_old - log pi_ref per
+completion, mean over the batch; GRPO also logs its loss's k3 estimate per token as
+kl_k3), clip fraction of the last inner epoch (always 0 with --inner-epochs 1, where
+ratio = 1), completion length, the share of groups whose G rewards are all equal (zero
+advantage: no learning signal), and the time of each part of the step.
+eval.json, greedy on the held-out prompts (at most --max-eval), before (`*_before`) and
+after: task_accuracy on the built-in RL prompts; otherwise the mean reward, and on the
+built-in preference prompts gold_mean, fact_accuracy, voice_rate (common.held_out).
+The same on the test split (rl_test, pref_test with --reward-model, or --test-file) as
+test_*, and general_accuracy on a real model.
 
 Deviation from TRL's GRPOTrainer: one optimizer step per inner epoch over the whole rollout
 batch (gradients accumulated over micro-batches of --batch-size rows, weighted so the sum
@@ -48,10 +55,9 @@ import time
 import torch
 
 from minipost import distributed
-from minipost.evaluate import task_accuracy
 from minipost.losses import grpo_loss, group_advantages, kl_penalized_rewards, masked_sum, rloo_advantages, rloo_loss
 from minipost.losses.grpo import LOSS_TYPES, SCALES
-from minipost.rollout import Rollout, batch_stats, completion_logps, reference_scorer
+from minipost.rollout import Rollout, batch_stats, completion_logps, reference_scorer, rollout_kl
 from minipost.stages import common
 from minipost.training import ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
 
@@ -102,24 +108,28 @@ def run(args):
     test = common.load_test_prompts(args)
     common.check_prompts_fit(train, val, tok, model.cfg, args, test)
     ref_scorer = reference_scorer(model, args.beta, args.batch_size, common.reference_copy(args, args.beta))
-    held_out_accuracy = lambda: task_accuracy(model, tok, val, max_new_tokens=args.max_new_tokens)  # noqa: E731
+    reward = common.rl_reward(args)
+    def held_out():  # val under its names, test as test_*, general questions on a real model
+        return common.held_out(args, model, tok, lambda split: common.rl_held_out(model, tok, split, args, reward),
+                               val, test)
 
-    before = common.accuracy_before(model, tok, val, args, test)  # {"task_accuracy_before": ..., ...}
+    before = common.held_out_before(held_out, args)
     optimizer = make_optimizer(model, args.lr)
     net = distributed.wrap(model)  # DDP under torchrun
     start = common.resume_step(args, optimizer)
-    save = lambda step: common.save_stage(model, tok, args, optimizer, step,  # noqa: E731
-                                          **before)
+    save = lambda step: common.save_stage(model, tok, args, optimizer, step, **before)  # noqa: E731
 
     with Progress(args, start, save, optimizer) as progress:
         for step in range(start, args.steps):
             t0 = time.time()
             lr = set_lr(optimizer, step, args)
             # 1. rollout: G completions of each of the step's prompts, scored
-            ro = common.step_rollout(model, tok, train, step, args)
+            ro = common.step_rollout(model, tok, train, step, args, reward)
             t1 = time.time()
             ref_logps = ref_scorer(ro) if ref_scorer is not None else None
             record = {"lr": lr, **batch_stats(ro)}
+            if ref_logps is not None:
+                record["kl"] = rollout_kl(ro, ref_logps)
             # 2.-3. rewards and advantages within each prompt's group
             if args.stage == "grpo":
                 adv = group_advantages(ro.rewards, args.group_size, scale=args.scale_rewards)
@@ -127,7 +137,6 @@ def run(args):
                 rewards = ro.rewards
                 if ref_logps is not None:
                     rewards = kl_penalized_rewards(ro.rewards, ro.old_logps, ref_logps, ro.mask, args.beta)
-                    record["kl"] = masked_sum(ro.old_logps - ref_logps, ro.mask, dim=1).mean().item()
                 adv = rloo_advantages(rewards, args.group_size)
             # 4. update: one optimizer step per inner epoch over the whole rollout batch
             model.train()
@@ -147,13 +156,12 @@ def run(args):
                         stats[k] = stats.get(k, 0.0) + v * w
                 loss = acc.result()["loss"]
                 record["grad_norm"] = clip_and_step(optimizer, loss, step)
-                # Report the first epoch's KL (the rollout policy's) and the last epoch's clipping.
+                # Report the first epoch's k3 (the rollout policy's) and the last epoch's clipping.
                 record.update(loss=loss, clip_frac=stats["clip_ratio"])
                 if epoch == 0 and args.stage == "grpo" and ref_logps is not None:
-                    record["kl"] = stats["kl"]
+                    record["kl_k3"] = stats["kl"]
             record.update(rollout_s=t1 - t0, update_s=time.time() - t1)
             progress.log(step, distributed.mean_across_ranks(record),  # torchrun: the mean over the ranks
-                         evaluate=lambda: {"val_task_accuracy": held_out_accuracy()})
+                         evaluate=lambda: common.held_out_record(held_out()))
     save(args.steps)
-    after = common.task_accuracies(model, tok, val, test, args)
-    return common.finish(args, {**before, **after, "eval_prompts": len(val)}, started)
+    return common.finish(args, {**before, **held_out(), "eval_prompts": len(val)}, started)
