@@ -191,7 +191,9 @@ def check_out(args: argparse.Namespace) -> None:
 
 def set_threads(threads: int | None) -> None:
     """On a 2-core machine one thread measured 5.7x faster than two for the default model
-    (0.88 vs 5.1 s per step): two OpenMP threads fight everything else for the cores."""
+    (0.88 vs 5.1 s per step): two OpenMP threads fight everything else for the cores.
+    One thread is also what makes a CPU run repeat itself bit for bit: with two, two PPO
+    runs of the same seed measured different from their second step on (issue #15)."""
     import os
 
     import torch
@@ -204,6 +206,7 @@ def set_threads(threads: int | None) -> None:
 
 def run(argv: list[str]) -> dict:
     args = parse(argv)
+    set_threads(args.threads)
     from minipost import distributed
 
     # Under torchrun: join the process group; each process takes its own GPU (minipost/distributed.py).
