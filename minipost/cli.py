@@ -196,7 +196,9 @@ def set_threads(threads: int | None, real_model: bool = False) -> None:
     """On a 2-core machine one thread measured 5.7x faster than two for the default model
     (0.88 vs 5.1 s per step): two OpenMP threads fight everything else for the cores. A real
     model's matmuls (SmolLM2: d_model 576, 30 layers) are big enough to keep both cores busy,
-    so it keeps torch's choice."""
+    so it keeps torch's choice. With two threads a run still repeats itself bit for bit:
+    the one op found to add in a varying order (a gather's backward, issue #15) is now an
+    index_select in rollout.py."""
     import os
 
     import torch

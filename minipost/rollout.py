@@ -196,9 +196,13 @@ def completion_logps(model, ro: Rollout, return_hidden: bool = False, share_prom
             0, inverse, torch.arange(len(ro.texts), device=inverse.device), reduce="amin")
         cache = KVCache(len(model.layers))
         hidden = model.hidden_states(ro.sequences[first, :P], doc_ids=ro.doc_ids[first, :P],
-                                     position_ids=ro.position_ids[first, :P], kv_cache=cache)[inverse, -1:]
-        cache.k = [k[inverse] for k in cache.k]
-        cache.v = [v[inverse] for v in cache.v]
+                                     position_ids=ro.position_ids[first, :P], kv_cache=cache)
+        # index_select, not x[inverse]: the backward of x[inverse] adds the rows' gradients into
+        # their shared prompt with atomic adds spread over the threads, in an order that varies
+        # run to run (PPO's shuffled minibatches measured it); index_select's adds them in order.
+        hidden = hidden[:, -1:].index_select(0, inverse)
+        cache.k = [k.index_select(0, inverse) for k in cache.k]
+        cache.v = [v.index_select(0, inverse) for v in cache.v]
         cache.doc_ids, cache.next_pos = cache.doc_ids[inverse], cache.next_pos[inverse]
         if ro.sequences.shape[1] - 1 > P:  # the rest of each completion, against its copy of the cache
             more = model.hidden_states(ro.sequences[:, P:-1], doc_ids=ro.doc_ids[:, P:-1],

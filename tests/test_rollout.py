@@ -182,3 +182,27 @@ def test_shared_prompt_pass_equals_full_rows_in_values_and_gradients(small_token
     with torch.no_grad():
         sub = completion_logps(model, ro.rows(idx))
     assert (sub - a[idx]).abs().max().item() <= 1e-5
+
+
+def test_shared_prompt_gradients_repeat_bit_for_bit_on_two_threads(small_tokenizer):
+    """The rows' gradients are added into their shared prompt's keys and values in a fixed order.
+    With x[inverse] (before) torch added them with atomic adds spread over the threads, so two
+    threads gave different gradients from one call to the next on PPO's shuffled minibatches;
+    64 rows of long prompts make the keys large enough to be split between the threads."""
+    tok = small_tokenizer
+    torch.manual_seed(3)
+    model = EndBiasedGPT(preset("tiny", tok.vocab_size), tok.end_id, bias=0.0)
+    ro = rollout(model, tok, records(16), 4, max_new_tokens=4, generator=torch.Generator().manual_seed(4))
+    mb = ro.rows(torch.randperm(len(ro.texts), generator=torch.Generator().manual_seed(5)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(8):
+            model.zero_grad()
+            completion_logps(model, mb).sum().backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    for again in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], again))
