@@ -221,7 +221,8 @@ def run_record(out):
     def untimed(record):
         return {k: v for k, v in record.items() if not k.endswith("_s") and k != "items_per_s"}
     steps = [untimed(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    tensors = {f.name: load_file(f) for f in sorted(out.glob("*.safetensors"))}
+    unit = checkpoint.checkpoint_dir(out)  # the run's current checkpoint unit
+    tensors = {f.name: load_file(f) for f in sorted(unit.glob("*.safetensors"))}
     return steps, untimed(json.loads((out / "eval.json").read_text())), tensors
 
 
