@@ -144,7 +144,8 @@ def run(args):
 
     # Data: preference pairs for training and held-out accuracy, SFT prompts for the replies.
     train_records = datasets.read_preferences(args.train_file or datasets.builtin("pref_train"))
-    val_records = datasets.read_preferences(args.val_file or datasets.builtin("pref_val"))
+    # At most --max-eval held-out pairs (all 200 of the built-in pref_val at the default).
+    val_records = datasets.read_preferences(args.val_file or datasets.builtin("pref_val"))[: args.max_eval]
     validate.check_pairs_differ(train_records, args.train_file or "the built-in pref_train")  # zero-gradient pairs
     train_pairs, kept = tokenize_pairs(train_records, tok, max_len)
     val_pairs, val_kept = tokenize_pairs(val_records, tok, max_len)

@@ -53,6 +53,7 @@ def add_args(p, stage):
     p.add_argument("--cpt-mix", type=float, default=0.0,
                    help="share of the trained tokens that is plain text from --cpt-file (0: none)")
     p.add_argument("--cpt-file", default=None, help="plain-text JSONL mixed in (default: the built-in cpt_train)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="reply length for the reply metrics")
 
 
 def tokenize(records, tok, mask: str, seq_len: int, what: str):
@@ -109,7 +110,9 @@ def run(args):
     train_rows = make_rows(train_docs, tok, args.seq_len, args.packing)
     # The held-out loss is always on the replies ("prompt" mask), so runs with different
     # --mask settings are compared on the same tokens.
-    val_rows = pack(tokenize(val_records, tok, "prompt", args.seq_len, "val"), args.seq_len, tok.pad_id)
+    # At most --max-eval of them (all 200 of the built-in sft_val at the default): on a real
+    # model each held-out conversation costs a forward pass.
+    val_rows = pack(tokenize(val_records[: args.max_eval], tok, "prompt", args.seq_len, "val"), args.seq_len, tok.pad_id)
     own_data = args.train_file is not None or args.val_file is not None
     # The Minimart judges (format, facts, voice) only mean something on the built-in data.
     eval_records = [] if own_data else [r for r in val_records if "fact" in r.get("meta", {})][: args.max_eval]
@@ -119,7 +122,7 @@ def run(args):
           f"(packing {args.packing}); {per_epoch} batches per epoch", file=sys.stderr)
 
     def evaluate() -> dict:
-        replies = ev.reply_metrics(model, tok, eval_records) if eval_records else {}
+        replies = ev.reply_metrics(model, tok, eval_records, args.max_new_tokens) if eval_records else {}
         return {"val_loss": val_loss(model, val_rows), **replies}
 
     before = {} if args.resume else {f"{k}_before": v for k, v in evaluate().items()}
