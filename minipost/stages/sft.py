@@ -126,6 +126,8 @@ def run(args):
         return {"val_loss": val_loss(model, val_rows), **replies}
 
     before = {} if args.resume else {f"{k}_before": v for k, v in evaluate().items()}
+    if before:
+        print(f"[sft] before: {before}", file=sys.stderr)
 
     def micro_batch(step: int, i: int):
         k = distributed.shard_index(step * args.grad_accum + i)  # torchrun: rank r of W takes every W-th batch
