@@ -216,6 +216,7 @@ def set_threads(threads: int | None) -> None:
 
 def run(argv: list[str]) -> dict:
     args = parse(argv)
+    set_threads(args.threads)  # measured there: 2 OpenMP threads on 2 busy cores run several times slower
     from minipost import distributed
 
     # Under torchrun: join the process group; each process takes its own GPU (minipost/distributed.py).
