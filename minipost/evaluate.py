@@ -36,7 +36,7 @@ def greedy_replies(model, tok, prompts: list[list[dict]], max_new_tokens: int = 
     return out
 
 
-def _prompt_of(record: dict) -> list[dict]:
+def prompt_of(record: dict) -> list[dict]:
     """The messages up to the last user turn (SFT records hold the answer too)."""
     msgs = record["prompt"] if "prompt" in record else record["messages"]
     last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
@@ -52,7 +52,7 @@ def reply_metrics(model, tok, records: list[dict], max_new_tokens: int = 64) -> 
     is not in the record, it has to be computed: those questions are scored apart, as
     total_accuracy, the skill the RL stages train.
     """
-    return judge_replies(greedy_replies(model, tok, [_prompt_of(r) for r in records], max_new_tokens), records)
+    return judge_replies(greedy_replies(model, tok, [prompt_of(r) for r in records], max_new_tokens), records)
 
 
 def judge_replies(replies: list[tuple[str, bool]], records: list[dict]) -> dict:

@@ -48,6 +48,7 @@ RANGES: dict[str, tuple[float, bool, float | None, str]] = {
     "seq_len": (2, True, None, "tokens per training row"),
     "max_len": (1, True, None, "tokens per example"),
     "max_new_tokens": (1, True, None, "tokens generated per reply"),
+    "held_out": (0, True, None, "held-out questions to answer (0: none)"),
     "vocab_size": (300, True, None, "the tokenizer's vocabulary (256 byte pieces + control symbols + merges)"),
     "eval_rows": (1, True, None, "held-out rows for the loss"),
     "replay": (0, True, 1, "a fraction of the batch"),

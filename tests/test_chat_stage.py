@@ -107,3 +107,29 @@ def test_compare_answers_with_both(runs, capsys):
 def test_sampling_is_seeded(runs):
     args = ["--init", str(runs[0]), "--prompt", QUESTION, "--temperature", "1.0", "--top-p", "0.9"]
     assert chat(args + ["--seed", "5"]) == chat(args + ["--seed", "5"])
+
+
+
+@pytest.fixture(scope="module")
+def long_runs(tmp_path_factory, small_tokenizer):
+    """Two tiny full runs with a context long enough for an order record in the small tokenizer."""
+    out = []
+    for seed in (5, 6):
+        torch.manual_seed(seed)
+        model = GPT(preset("tiny", vocab_size=small_tokenizer.vocab_size, max_seq_len=1024))
+        out.append(save_run(tmp_path_factory.mktemp(f"long{seed}"), model, small_tokenizer))
+    return out
+
+
+def test_held_out_questions_are_answered_by_every_run_from_their_own_context(long_runs, capsys):
+    from minipost.evaluate import prompt_of
+    from minipost.stages.chat import held_out_questions
+
+    replies = chat(["--init", str(long_runs[0]), "--compare", str(long_runs[1]), "--held-out", "2"])
+    questions = held_out_questions(2)
+    assert len(questions) == 2 and questions[0] != questions[1]
+    for run in long_runs:  # each question is a fresh conversation: its system message and order record
+        assert replies[run.name] == [greedy(run, prompt_of(q), 24) for q in questions]
+    assert replies[long_runs[0].name] != replies[long_runs[1].name]  # two models, two sets of replies
+    out = capsys.readouterr().out
+    assert out.count("--- held-out question") == 2 and questions[1]["messages"][1]["content"] in out

@@ -51,13 +51,12 @@ def test_explicit_warmup_longer_than_the_run_is_an_error():
         args_for("dpo", "--steps=5", "--warmup=6")
 
 
-@pytest.mark.parametrize("cores,threads,real,expected", [
-    (2, None, False, 1),      # the built-in model on a 2-core machine: one thread
-    (2, None, True, None),    # a real model keeps torch's choice
-    (8, None, False, None),   # more cores: torch's choice
-    (2, 3, False, 3),         # --threads always wins
+@pytest.mark.parametrize("cores,threads,expected", [
+    (2, None, 1),      # a 2-core machine: one thread
+    (8, None, None),   # more cores: torch's choice
+    (2, 3, 3),         # --threads always wins
 ])
-def test_set_threads_rule(monkeypatch, cores, threads, real, expected):
+def test_set_threads_rule(monkeypatch, cores, threads, expected):
     import os
 
     import torch
@@ -65,15 +64,15 @@ def test_set_threads_rule(monkeypatch, cores, threads, real, expected):
     calls = []
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    cli.set_threads(threads, real_model=real)
+    cli.set_threads(threads)
     assert calls == ([] if expected is None else [expected])
 
 
 def test_run_applies_the_thread_rule(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr(cli, "set_threads", lambda threads, real_model=False: seen.append((threads, real_model)))
+    monkeypatch.setattr(cli, "set_threads", seen.append)
     from minipost.stages import sft
 
     monkeypatch.setattr(sft, "run", lambda args: {"ok": 1})  # only the thread rule is under test
     assert cli.run(["--stage", "sft", "--init", "smollm2", "--out", str(tmp_path / "o"), "--threads", "2"]) == {"ok": 1}
-    assert seen == [(2, True)]
+    assert seen == [2]

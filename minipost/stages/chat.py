@@ -4,6 +4,8 @@ token by token as it is sampled.
     python train.py --stage chat --init out/dpo                      # interactive
     python train.py --stage chat --init out/dpo --prompt "Where is my order?"   # one answer
     python train.py --stage chat --init out/sft --compare out/dpo    # both models, turn by turn
+    python train.py --stage chat --init smollm2 --compare out/smol/sft out/smol/dpo --held-out 3
+                                          # three models answer the same 3 held-out questions
 
 Each user line is added to the conversation, the model's generation prompt (chat.py) is
 sampled from, and its reply joins the conversation for the next turn. Commands: /reset
@@ -31,9 +33,12 @@ import torch
 
 from minipost import checkpoint, pretrained
 from minipost.chat import generation_prompt
+from minipost.evaluate import prompt_of
 from minipost.generate import sample_next
 from minipost.model import KVCache
 from minipost.stages import common
+
+HELD_OUT = "sft_test"  # the built-in split --held-out draws its questions from (no setting saw it)
 
 
 def add_args(p, stage):
@@ -46,8 +51,11 @@ def add_args(p, stage):
     g.add_argument("--top-p", type=float, default=1.0,
                    help="nucleus sampling: keep the most likely tokens up to this probability (1: all)")
     g.add_argument("--max-new-tokens", type=int, default=128, help="longest reply, in tokens")
-    g.add_argument("--compare", type=Path, default=None,
-                   help="a second run that answers every message too, after the first (e.g. before/after DPO)")
+    g.add_argument("--compare", type=Path, nargs="+", default=None,
+                   help="more runs that answer every message too, after the first (e.g. before/after DPO)")
+    g.add_argument("--held-out", type=int, default=0,
+                   help="answer the first N held-out questions of the built-in SFT data (each a fresh "
+                        "conversation with its own system message and order record) and exit (0: none)")
 
 
 def load_chat_model(run, device="cpu"):
@@ -143,6 +151,14 @@ class Conversation:
         return reply
 
 
+def held_out_questions(n: int) -> list[dict]:
+    """The first n held-out SFT records that ask about a fact of their order."""
+    from minipost import data as datasets
+
+    records = [r for r in datasets.read_sft(datasets.builtin(HELD_OUT)) if "fact" in r.get("meta", {})]
+    return records[:n]
+
+
 def _names(runs: list[Path]) -> list[str]:
     names = [r.name or str(r) for r in runs]
     return [str(r) for r in runs] if len(set(names)) < len(names) else names
@@ -152,7 +168,7 @@ def run(args):
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.max_new_tokens < 1:
         raise SystemExit("train.py: error: need --temperature >= 0, 0 < --top-p <= 1 and --max-new-tokens >= 1")
     common.seed_everything(args.seed)
-    runs = [Path(args.init)] + ([Path(args.compare)] if args.compare is not None else [])
+    runs = [Path(args.init)] + [Path(r) for r in args.compare or []]
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     sides = [Conversation(name, *load_chat_model(r, args.device), args, generator)
              for name, r in zip(_names(runs), runs)]
@@ -167,6 +183,15 @@ def run(args):
 
     if args.prompt is not None:
         turn(args.prompt)
+        return {"replies": replies}
+    if args.held_out:
+        for i, record in enumerate(held_out_questions(args.held_out), 1):
+            *context, question = prompt_of(record)
+            out.write(f"--- held-out question {i} ({record['meta']['intent']}; the record says "
+                      f"{record['meta']['fact']!r}) ---\n{question['content']}\n")
+            for c in sides:
+                c.messages = list(context)  # a fresh conversation: the record's system message, if any
+            turn(question["content"])
         return {"replies": replies}
     print(f"[chat] talking to {' and '.join(str(r) for r in runs)}; /reset forgets the conversation, "
           "/exit ends", file=sys.stderr)

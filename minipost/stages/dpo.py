@@ -147,14 +147,15 @@ def run(args):
 
     # Data: preference pairs for training and held-out accuracy, SFT prompts for the replies.
     train_records = datasets.read_preferences(args.train_file or datasets.builtin("pref_train"))
-    val_records = datasets.read_preferences(args.val_file or datasets.builtin("pref_val"))
+    # At most --max-eval held-out pairs (all 200 of the built-in pref_val at the default).
+    val_records = datasets.read_preferences(args.val_file or datasets.builtin("pref_val"))[: args.max_eval]
     validate.check_pairs_differ(train_records, args.train_file or "the built-in pref_train")  # zero-gradient pairs
     train_pairs, kept = tokenize_pairs(train_records, tok, max_len)
     val_pairs, val_kept = tokenize_pairs(val_records, tok, max_len)
     dropped, val_dropped = len(train_records) - len(kept), len(val_records) - len(val_kept)
     eval_records = datasets.read_sft(args.eval_file or datasets.builtin("sft_val"))[: args.max_eval]
     test_file = common.test_path(args.test_file, args.val_file, "pref_test")
-    test_records = datasets.read_preferences(test_file) if test_file else []
+    test_records = datasets.read_preferences(test_file)[: args.max_eval] if test_file else []
     test_pairs, test_kept = tokenize_pairs(test_records, tok, max_len)
     eval_test_file = common.test_path(None, args.eval_file, "sft_test")  # the reply metrics' test split
     eval_test = datasets.read_sft(eval_test_file)[: args.max_eval] if eval_test_file else []

@@ -127,7 +127,8 @@ def run(args):
 
     # Data: full sequences of prompt + reply + <|end|>; a margin per pair.
     train_records = datasets.read_preferences(args.train_file or datasets.builtin("pref_train"))[: args.max_pairs]
-    val_records = datasets.read_preferences(args.val_file or datasets.builtin("pref_val"))
+    # At most --max-eval held-out pairs (all 200 of the built-in pref_val at the default).
+    val_records = datasets.read_preferences(args.val_file or datasets.builtin("pref_val"))[: args.max_eval]
     validate.check_pairs_differ(train_records, args.train_file or "the built-in pref_train")  # zero-gradient pairs
     train_pairs, kept = tokenize_pairs(train_records, tok, max_len)
     val_pairs, val_kept = tokenize_pairs(val_records, tok, max_len)
@@ -139,7 +140,7 @@ def run(args):
     test_file = common.test_path(args.test_file, args.val_file, "pref_test")
     test = None
     if test_file:
-        test_records = datasets.read_preferences(test_file)
+        test_records = datasets.read_preferences(test_file)[: args.max_eval]
         test_pairs, test_kept = tokenize_pairs(test_records, tok, max_len)
         if not test_pairs:
             raise SystemExit(f"[rm] no test pair fits in --max-len {max_len}")

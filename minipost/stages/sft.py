@@ -56,6 +56,7 @@ def add_args(p, stage):
     p.add_argument("--cpt-mix", type=float, default=0.0,
                    help="share of the trained tokens that is plain text from --cpt-file (0: none)")
     p.add_argument("--cpt-file", default=None, help="plain-text JSONL mixed in (default: the built-in cpt_train)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="reply length for the reply metrics")
 
 
 def tokenize(records, tok, mask: str, seq_len: int, what: str):
@@ -115,7 +116,9 @@ def run(args):
 
     def held_out_split(records, what):  # -> (rows for the loss, records for the reply metrics)
         # The held-out loss is always on the replies ("prompt" mask), so runs with different
-        # --mask settings are compared on the same tokens.
+        # --mask settings are compared on the same tokens. At most --max-eval conversations (all
+        # 200 of the built-in split at the default): on a real model each costs a forward pass.
+        records = records[: args.max_eval]
         rows = pack(tokenize(records, tok, "prompt", args.seq_len, what), args.seq_len, tok.pad_id)
         # The Minimart judges (format, facts, voice) only mean something on the built-in data.
         return rows, [] if own_data else [r for r in records if "fact" in r.get("meta", {})][: args.max_eval]
@@ -129,11 +132,13 @@ def run(args):
           f"(packing {args.packing}); {per_epoch} batches per epoch", file=sys.stderr)
 
     def evaluate(rows, eval_records) -> dict:
-        replies = ev.reply_metrics(model, tok, eval_records) if eval_records else {}
+        replies = ev.reply_metrics(model, tok, eval_records, args.max_new_tokens) if eval_records else {}
         return {"val_loss": val_loss(model, rows), **replies}
 
     held_out = lambda: common.held_out(args, model, tok, lambda split: evaluate(*split), val, test)  # noqa: E731
     before = {} if args.resume else common.as_before(held_out())
+    if before:
+        print(f"[sft] before: {before}", file=sys.stderr)
 
     def micro_batch(step: int, i: int):
         k = distributed.shard_index(step * args.grad_accum + i)  # torchrun: rank r of W takes every W-th batch

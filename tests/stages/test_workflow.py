@@ -55,3 +55,26 @@ def test_unknown_stage_in_chain_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="unknown stage"):
         cli.run(["--stage", "all", "--stages", "pretrain,sfx"])
+
+
+def test_chain_from_a_real_model_skips_pretraining_and_passes_the_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    real_run = cli.run
+
+    def fake_stage(argv):
+        if argv[argv.index("--stage") + 1] == "all":
+            return real_run(argv)
+        calls.append(argv)
+        out = tmp_path / argv[argv.index("--out") + 1]
+        out.mkdir(parents=True)
+        (out / "eval.json").write_text("{}")
+
+    monkeypatch.setattr(cli, "run", fake_stage)
+    fake_stage(["--stage", "all", "--init", "smollm2"])
+    flag = lambda a, name: a[a.index(name) + 1]  # noqa: E731
+    assert [flag(a, "--stage") for a in calls] == list(workflow.FROM_INIT_CHAIN)
+    assert {flag(a, "--stage"): flag(a, "--init") for a in calls} == {
+        "sft": "smollm2", "rm": "out/smollm2/sft", "dpo": "out/smollm2/sft", "grpo": "out/smollm2/dpo"}
+    assert {flag(a, "--recipe") for a in calls} == {"smollm2"}
+    assert (tmp_path / "out" / "smollm2" / "report.md").is_file()
