@@ -62,7 +62,7 @@ bench: setup
 	$(PY) bench/packing.py
 	$(PY) bench/generate.py
 
-# The three workflow tables of the README (joint CPT+SFT, merging, CPT LR rules); 36 min on a busy 2-core machine.
+# The three workflow tables of docs/workflows.md (joint CPT+SFT, merging, CPT LR rules); 36 min on a busy 2-core machine.
 bench-workflows: setup
 	$(PY) bench/workflows.py
 

@@ -25,7 +25,7 @@ Losses: mean next-token loss on 64 held-out rows of 256 tokens of the new-domain
 (Verdant, cpt_val: "domain") and of the general text (Minimart, pretrain_val: "general"),
 as --stage cpt measures them. fact_accuracy and format_rate: --stage sft's greedy-reply
 judges on --max-eval held-out conversations. The defaults are sized for a shared 2-core
-machine (README: 36 min there, about 9 min of CPU); larger --cpt-steps / --sft-steps give
+machine (docs/workflows.md: 36 min there, about 9 min of CPU); larger --cpt-steps / --sft-steps give
 the same comparisons further from the start.
 
     python bench/workflows.py [--base out/pretrain] [--out out/bench_workflows]
