@@ -312,6 +312,24 @@ def check_prompts_fit(train: list[dict], val: list[dict], tok, cfg, args, test: 
         check([len(generation_prompt(r["prompt"], tok)) for r in records], args.max_new_tokens, cfg.max_seq_len, path)
 
 
+def rl_setup(args, model, tok, kl_coef: float):
+    """What every RL stage sets up before its loop -> (train, val, ref_scorer, reward, held_out):
+    the prompts (checked to fit the context), the frozen reference's scorer (None when
+    kl_coef is 0), the trained reward (rl_reward) and held_out() -> the current model's
+    held-out numbers (val under their names, test as test_*, general questions on a real model)."""
+    from minipost.rollout import reference_scorer
+
+    train, val = load_prompts(args)
+    test = load_test_prompts(args)
+    check_prompts_fit(train, val, tok, model.cfg, args, test)
+    ref_scorer = reference_scorer(model, kl_coef, args.batch_size, reference_copy(args, kl_coef))
+    reward = rl_reward(args)
+
+    def evaluate():
+        return held_out(args, model, tok, lambda split: rl_held_out(model, tok, split, args, reward), val, test)
+    return train, val, ref_scorer, reward, evaluate
+
+
 def reference_copy(args, coef: float):
     """The frozen reference of an RL stage under full fine-tuning: a second copy of --init.
     None under --peft (the policy with adapters off is the reference) or when coef == 0."""

@@ -63,7 +63,7 @@ import torch
 
 from minipost import checkpoint, distributed
 from minipost.losses import gae, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
-from minipost.rollout import batch_stats, batched, completion_logps, reference_scorer, rollout_kl
+from minipost.rollout import batch_stats, batched, completion_logps, rollout_kl
 from minipost.seeding import rng
 from minipost.stages import common
 from minipost.training import Progress, clip_and_step, make_optimizer, set_lr
@@ -124,15 +124,7 @@ def run(args):
         head = ValueHead(model.cfg.d_model)
         torch.nn.init.zeros_(head.proj.weight)
     head = head.to(args.device)
-    train, val = common.load_prompts(args)
-    test = common.load_test_prompts(args)
-    common.check_prompts_fit(train, val, tok, model.cfg, args, test)
-    ref_scorer = reference_scorer(model, args.kl_coef, args.batch_size, common.reference_copy(args, args.kl_coef))
-    reward = common.rl_reward(args)
-    def held_out():  # val under its names, test as test_*, general questions on a real model
-        return common.held_out(args, model, tok, lambda split: common.rl_held_out(model, tok, split, args, reward),
-                               val, test)
-
+    train, val, ref_scorer, reward, held_out = common.rl_setup(args, model, tok, args.kl_coef)
     before = common.held_out_before(held_out, args)
     optimizer = make_optimizer(model, args.lr)
     optimizer.add_param_group({"params": list(head.parameters()), "weight_decay": 0.0,

@@ -57,7 +57,7 @@ import torch
 from minipost import distributed
 from minipost.losses import grpo_loss, group_advantages, kl_penalized_rewards, masked_sum, rloo_advantages, rloo_loss
 from minipost.losses.grpo import LOSS_TYPES, SCALES
-from minipost.rollout import Rollout, batch_stats, completion_logps, reference_scorer, rollout_kl
+from minipost.rollout import Rollout, batch_stats, completion_logps, rollout_kl
 from minipost.stages import common
 from minipost.training import ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
 
@@ -104,15 +104,7 @@ def run(args):
         raise SystemExit("train.py: error: --group-size must be at least 2 (the group is the baseline)")
     common.seed_everything(args.seed)
     model, tok = common.prepare_model(args)
-    train, val = common.load_prompts(args)
-    test = common.load_test_prompts(args)
-    common.check_prompts_fit(train, val, tok, model.cfg, args, test)
-    ref_scorer = reference_scorer(model, args.beta, args.batch_size, common.reference_copy(args, args.beta))
-    reward = common.rl_reward(args)
-    def held_out():  # val under its names, test as test_*, general questions on a real model
-        return common.held_out(args, model, tok, lambda split: common.rl_held_out(model, tok, split, args, reward),
-                               val, test)
-
+    train, val, ref_scorer, reward, held_out = common.rl_setup(args, model, tok, args.beta)
     before = common.held_out_before(held_out, args)
     optimizer = make_optimizer(model, args.lr)
     net = distributed.wrap(model)  # DDP under torchrun
