@@ -85,6 +85,34 @@ def all_questions() -> dict[str, list[tuple[str, str]]]:
     }
 
 
+# Replay prompts (minipost/replay.py): general requests of OTHER kinds than the questions
+# above, so that rehearsing the base model's own replies to them cannot teach the held-out
+# answers. No answers are stored: the replies come from the model being fine-tuned.
+REPLAY_PROMPTS = [
+    "What sound does a cow make?", "How many legs does a spider have?", "What do bees make?",
+    "Which animal is known as the king of the jungle?", "Where do penguins live?", "What do rabbits like to eat?",
+    "What colour is grass?", "What colour is a banana?", "What colour do you get by mixing blue and yellow?",
+    "What is a hammer used for?", "What is an umbrella for?", "What do you use a spoon for?",
+    "What is a verb?", "What does a doctor do?", "What does a baker make?", "What is a library?",
+    "Write one sentence about the sea.", "Write a short sentence about autumn.", "Describe a rainy day in one sentence.",
+    "Give me a word that rhymes with cat.", "Spell the word 'water' backwards.", "How many days are in a week?",
+    "How many minutes are in an hour?", "How many months are in a year?", "What do you call a baby dog?",
+    "What is the hottest season of the year?", "Is the sun a star or a planet?", "What is the largest ocean on Earth?",
+    "What gas do plants take in?", "What is ice made of?", "Why do we need sleep?", "Why is the sky blue?",
+    "Name a fruit that is red.", "Name a vegetable that is orange.", "Name a musical instrument with strings.",
+    "Name a sport played with a ball.", "Who wrote Romeo and Juliet?", "What language is spoken in Brazil?",
+    "What is the tallest animal?", "What is the boiling point of water in Celsius?",
+    "Give me a tip for staying healthy.", "How do I make a cup of tea?", "Suggest a name for a pet goldfish.",
+    "Translate 'thank you' into Spanish.", "What is the first letter of the alphabet?",
+    "Say hello in French.", "What shape has three sides?", "How many wheels does a bicycle have?",
+]
+
+
+def replay_prompts() -> list[dict]:
+    """The replay prompts as records {"prompt"} (data/minimart/general_replay.jsonl)."""
+    return [{"prompt": prompt} for prompt in REPLAY_PROMPTS]
+
+
 def general_questions(split: str) -> list[dict]:
     """The "val" or "test" half of every kind (each kind shuffled once by a fixed seed, then
     alternate questions go to val and test, so both splits hold every kind)."""

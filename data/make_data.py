@@ -10,6 +10,7 @@ Minimart is a small fictional online shop. From a fixed seed this script builds 
     rl_{train,val,test}.jsonl       {"prompt", "answer"}      order totals, checked by rewards.py
     intent_{train,val,test}.jsonl   {"text", "label"}         + intent_labels.json
     general_{val,test}.jsonl        {"prompt", "answer", "kind"}   general questions (general.py)
+    general_replay.jsonl            {"prompt"}                     replay prompts (general.py, replay.py)
 
 This file draws the splits and writes them; what goes into a record is in the modules beside it:
 
@@ -51,7 +52,7 @@ if str(HERE) not in sys.path:
 
 from corpus_cpt import cpt_doc  # noqa: E402
 from corpus_pretrain import pretrain_doc  # noqa: E402
-from general import general_questions  # noqa: E402
+from general import general_questions, replay_prompts  # noqa: E402
 from records import (INTENTS, RL_ITEMS, RL_MAX_PRICE, RL_MAX_QTY, intent_record, pref_record,  # noqa: E402
                      rl_record, sft_record)
 from world import OrderMaker, build_world  # noqa: E402
@@ -160,7 +161,8 @@ def generate(out_dir, seed: int = 1234, rl_items=RL_ITEMS, rl_max_price: int = R
     splits["intent"] = _split(lambda: intent_record(r_i, world), *n("intent"))
 
     paths: dict[str, Path] = {}
-    splits["general"] = {"val": general_questions("val"), "test": general_questions("test")}
+    splits["general"] = {"val": general_questions("val"), "test": general_questions("test"),
+                         "replay": replay_prompts()}
     for kind, drawn in splits.items():
         named = drawn.items() if isinstance(drawn, dict) else zip(SPLITS, drawn)
         for split, recs in named:

@@ -28,6 +28,8 @@ causal attention. Documents are gathered into batches of equal padded width (a m
 SEGMENT_WIDTH; the padding sits after each document, where the causal rule hides it from
 the real queries) and each batch runs causal SDPA, so the scores between documents, which
 the mask would throw away, are never computed. The result equals the masked path (tested).
+A decode step of a row without padding (one query, every key in its document) needs no
+mask at all and calls SDPA without one.
 Grouped-query attention passes the kv heads to SDPA as they are (enable_gqa) instead of
 copying them once per query head.
 """
@@ -79,6 +81,7 @@ class Documents:
         self.q_doc, self.k_doc, self.n_global = q_doc, k_doc, n_global
         self._masks: dict[tuple[int, int, int], torch.Tensor] = {}
         self._segments = None
+        self._one_document = None
 
     def mask(self, tq: int, tk: int, n_prefix: int = 0) -> torch.Tensor:
         """[B or 1, 1, Tq, Tk] visibility, Tk counting the n_prefix prefix keys."""
@@ -90,6 +93,14 @@ class Documents:
                 base = torch.cat([base.new_ones(*base.shape[:-1], n_prefix), base], dim=-1)
             self._masks[key] = base
         return self._masks[key]
+
+    def one_document(self) -> bool:
+        """True when every key is in its row's queries' document (an unpadded prompt and its
+        decoded tokens): a single query then sees every key, so a decode step needs no mask."""
+        if self._one_document is None:
+            self._one_document = self.q_doc is None or bool((self.k_doc == self.q_doc[:, :1]).all()
+                                                            and (self.q_doc == self.q_doc[:, :1]).all())
+        return self._one_document
 
     def segments(self):
         """For rows whose doc ids never decrease: [(index [n, W], real [n, W])] per padded
@@ -180,6 +191,8 @@ def attention(
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
         if groups is not None:
             return _attention_by_document(q, k, v, groups, scale)
+    if tq == 1 and n_global == 0 and documents.one_document():  # a decode step of an unpadded row
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
     mask = documents.mask(tq, tk, n_prefix)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 

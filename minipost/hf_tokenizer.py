@@ -30,7 +30,7 @@ from typing import Iterable
 from tokenizers import AddedToken, Tokenizer as HFCoreTokenizer, decoders, models, pre_tokenizers
 
 from minipost.chat import MINIPOST_TEMPLATE, Template, chatml_template
-from minipost.checkpoint import read_json, write_json, _atomic_write
+from minipost.checkpoint import read_json, write_json, atomic_write
 
 CONTROL_TOKEN_TYPE = 3  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL
 
@@ -162,7 +162,7 @@ class HFTokenizer:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         text = self.core.to_str()
-        _atomic_write(out_dir / "tokenizer.json", lambda tmp: Path(tmp).write_text(text))
+        atomic_write(out_dir / "tokenizer.json", lambda tmp: Path(tmp).write_text(text))
         write_json(self.tokenizer_config(), out_dir / "tokenizer_config.json")
         if self.template is not None:
             write_json(self.template.to_dict(), out_dir / "template.json")

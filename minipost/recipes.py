@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minipost.checkpoint import read_json
+from minipost.checkpoint import CheckpointError, current_checkpoint, read_json
 
 AUTO = "auto"
 NONE = "none"
@@ -73,7 +73,11 @@ def descends_from(init, source: str, depth: int = 8) -> bool:
             return False
         if str(init) == source:
             return True
-        config = Path(init) / "config.json"
+        try:  # a run's config.json sits in its current checkpoint unit (step-N/), or flat in the run
+            unit = current_checkpoint(init) or Path(init)
+        except CheckpointError:
+            return False
+        config = unit / "config.json"
         if not config.is_file():
             return False
         init = read_json(config).get("base")

@@ -191,5 +191,5 @@ def truncate_metrics(path: str | Path, step: int) -> int:
             continue
         if isinstance(record, dict) and isinstance(record.get("step"), (int, float)) and record["step"] <= step:
             kept.append(line)
-    checkpoint._atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
+    checkpoint.atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
     return len(kept)

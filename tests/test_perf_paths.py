@@ -88,6 +88,27 @@ def test_mask_is_built_once_per_forward(monkeypatch):
     assert len(built) == 2  # decode steps 2 and 3; the prefill goes per document
 
 
+def test_unpadded_decode_step_needs_no_mask_and_matches_it(monkeypatch):
+    """One query against cached keys of its own document (a batch-1 decode step): no mask is
+    built and the result equals the masked computation; one padded key brings the mask back."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(2, 6, 1, 8, generator=g), torch.randn(2, 2, 9, 8, generator=g), torch.randn(2, 2, 9, 8, generator=g)
+    q_doc, k_doc = torch.ones(2, 1, dtype=torch.long), torch.ones(2, 9, dtype=torch.long)
+    reference = F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(3, 1),
+                                               v.double().repeat_interleave(3, 1))  # the last query sees all keys
+    calls = []
+    real_mask = attention_module.attention_mask
+    monkeypatch.setattr(attention_module, "attention_mask", lambda *a, **kw: calls.append(1) or real_mask(*a, **kw))
+    torch.testing.assert_close(attention(q, k, v, q_doc=q_doc, k_doc=k_doc).double(), reference, rtol=1e-6, atol=1e-6)
+    assert calls == []
+    k_doc[1, 0] = 0  # row 1's first key is a left pad: hidden from its query
+    got = attention(q, k, v, q_doc=q_doc, k_doc=k_doc)
+    assert calls == [1]
+    row1 = F.scaled_dot_product_attention(q[1:].double(), k[1:, :, 1:].double().repeat_interleave(3, 1),
+                                          v[1:, :, 1:].double().repeat_interleave(3, 1))
+    torch.testing.assert_close(got[1:].double(), row1, rtol=1e-6, atol=1e-6)
+
+
 def reference_generate(model, prompt, n):
     """Greedy decoding of one unpadded prompt by full forward passes, log_softmax each step."""
     ids, logps = list(prompt), []

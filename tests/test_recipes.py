@@ -57,6 +57,17 @@ def test_auto_follows_the_base_chain_of_run_directories(tmp_path):
     assert parse("dpo", "--init", str(dpo))["steps"] == recipes.RECIPES["smollm2"]["dpo"]["steps"]
 
 
+def test_auto_reads_the_base_from_a_runs_checkpoint_unit(tmp_path):
+    # Every stage saves step-N/ + checkpoint.json: the config.json is inside the unit, not beside it.
+    sft, dpo = tmp_path / "sft", tmp_path / "dpo"
+    for d, base in ((sft, "smollm2"), (dpo, str(sft))):
+        (d / "step-000030").mkdir(parents=True)
+        (d / "step-000030" / "config.json").write_text(json.dumps({"stage": d.name, "base": base}))
+        (d / "checkpoint.json").write_text(json.dumps({"current": "step-000030"}))
+    assert recipes.resolve("auto", dpo) == recipes.resolve("auto", sft) == "smollm2"
+    assert parse("dpo", "--init", str(sft))["peft"] == "lora"
+
+
 def test_every_recipe_key_is_a_flag_of_its_stage():
     for name, stages in recipes.RECIPES.items():
         for stage, preset in stages.items():

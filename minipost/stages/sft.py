@@ -15,7 +15,9 @@ compares the two).
 Records: {"messages"}, {"prompt", "completion"} (strings or messages) or {"text"}
 (data.read_sft, tokenized by formats.sft_tokens). `--cpt-mix F` mixes plain text (--cpt-file,
 default the built-in CPT corpus) in at F of the trained tokens (mixture.joint_cpt_sft), so the
-new domain is learned in the same run without forgetting it again.
+new domain is learned in the same run without forgetting it again. `--self-replay F` mixes in
+the starting model's own replies to general prompts (replay.py), against forgetting what the
+model could do before.
 
 eval.json: val_loss (reply tokens of held-out conversations), with the starting model's
 numbers as *_before; on the built-in data also format_rate, fact_accuracy and voice_rate of
@@ -27,15 +29,16 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from minipost import data as datasets
-from minipost import distributed
+from minipost import distributed, replay
 from minipost import evaluate as ev
 from minipost.chat import MASK_MODES
 from minipost.formats import sft_tokens
-from minipost.mixture import joint_cpt_sft
+from minipost.mixture import joint_cpt_sft, mix_documents
 from minipost.logprobs import scored_logits
 from minipost.losses import IGNORE_INDEX, sft_loss_sum
 from minipost.packing import batches, fit_sft, pack, pad_batch
@@ -56,6 +59,11 @@ def add_args(p, stage):
     p.add_argument("--cpt-mix", type=float, default=0.0,
                    help="share of the trained tokens that is plain text from --cpt-file (0: none)")
     p.add_argument("--cpt-file", default=None, help="plain-text JSONL mixed in (default: the built-in cpt_train)")
+    p.add_argument("--self-replay", type=float, default=0.0,
+                   help="share of the trained tokens that is the starting model's own replies to general "
+                        "prompts (replay.py; 0: none)")
+    p.add_argument("--replay-file", default=None,
+                   help="prompts JSONL for --self-replay, {\"prompt\"} per line (default: the built-in general_replay)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="reply length for the reply metrics")
 
 
@@ -111,6 +119,14 @@ def run(args):
         texts = datasets.read_texts(args.cpt_file or datasets.builtin("cpt_train"))
         train_docs, stats = joint_cpt_sft(train_docs, texts, tok, args.cpt_mix, args.seq_len, args.seed)
         print(f"[sft] --cpt-mix {args.cpt_mix}: {stats}", file=sys.stderr)
+    if args.self_replay > 0:
+        prompts = [r["prompt"] for r in datasets.read_rl(args.replay_file or datasets.builtin("general_replay"))]
+        records = replay.load_or_make(Path(args.out) / "self_replay.jsonl", args.resume,
+                                      lambda: replay.replay_conversations(model, tok, prompts))
+        replay_docs = tokenize(records, tok, "prompt", args.seq_len, "self-replay")
+        train_docs, stats = mix_documents(train_docs, replay_docs, args.self_replay, args.seed)
+        print(f"[sft] --self-replay {args.self_replay}: {len(records)} of {len(prompts)} replies kept; "
+              f"{stats}", file=sys.stderr)
     train_rows = make_rows(train_docs, tok, args.seq_len, args.packing)
     own_data = args.train_file is not None or args.val_file is not None
 
