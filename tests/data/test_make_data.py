@@ -140,7 +140,7 @@ def test_rl_flags_change_only_rl_files(files, tmp_path):
 
 def test_names_sizes_and_encoding(files, data):
     expected = {f"{k}_{s}" for k in KINDS for s in splits_of(k)}
-    assert set(files) == expected | {"general_val", "general_test", "intent_labels", "manifest"}
+    assert set(files) == expected | {"general_val", "general_test", "general_replay", "intent_labels", "manifest"}
     for kind in KINDS:
         for i, split in enumerate(splits_of(kind)):
             target = max(1, round(md.SIZES[kind][i] * SCALE))
@@ -364,9 +364,9 @@ def test_any_seed_and_flags_give_consistent_rl_and_sft(tmp_path_factory, seed, n
 def test_cli_prints_one_line_per_file(tmp_path, capsys):
     md.main(["--out", str(tmp_path), "--scale", "0.01", "--seed", "3", "--rl-items", "2,3"])
     lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
-    assert len(lines) == 19  # 4 kinds x 3 splits, 2 corpora x 2, general val + test, intent_labels
+    assert len(lines) == 20  # 4 kinds x 3 splits, 2 corpora x 2, general val + test + replay, intent_labels
     assert all(re.match(r"^\S+\.jsonl?: \d+ (records|labels), \d+ bytes$", l) for l in lines)
-    assert len(list(tmp_path.iterdir())) == 21  # 19 data files, manifest, GENERATOR_SHA256
+    assert len(list(tmp_path.iterdir())) == 22  # 20 data files, manifest, GENERATOR_SHA256
 
 
 def test_generated_data_is_current_for_builtin(tmp_path, capsys):
