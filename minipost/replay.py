@@ -32,10 +32,14 @@ import json
 from pathlib import Path
 
 from minipost.checkpoint import atomic_write
+from minipost.data import read_sft
 from minipost.evaluate import greedy_replies
 
 
-def replay_conversations(model, tok, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[dict]:
+REPLY_TOKENS = 64  # a reply that has not ended by then is left out
+
+
+def replay_conversations(model, tok, prompts: list[list[dict]], max_new_tokens: int = REPLY_TOKENS) -> list[dict]:
     """The model's own greedy replies to `prompts` (each a list of messages, as data.read_rl
     gives them) -> SFT records {"messages"}, only the replies that ended by themselves."""
     replies = greedy_replies(model, tok, prompts, max_new_tokens)
@@ -48,8 +52,7 @@ def load_or_make(path: Path, resume: bool, make) -> list[dict]:
     there atomically."""
     path = Path(path)
     if resume and path.is_file():
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return read_sft(path)
     records = make()
 
     def write(tmp):

@@ -18,6 +18,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "data"))
 import general  # noqa: E402
 
 
+@pytest.fixture
+def base(tmp_path, small_tokenizer):
+    """A tiny random base model with the small tokenizer, as a run directory."""
+    d = tmp_path / "base"
+    torch.manual_seed(0)
+    checkpoint.save_model(GPT(preset("tiny", vocab_size=small_tokenizer.vocab_size)), d, stage="pretrain")
+    shutil.copyfile(small_tokenizer.path, d / "tokenizer.model")
+    return d
+
+
 def test_replay_pool_holds_no_held_out_question_nor_answer():
     held_out = general.general_questions("val") + general.general_questions("test")
     prompts = [r["prompt"] for r in general.replay_prompts()]
@@ -52,11 +62,7 @@ def test_written_once_and_read_back_on_resume(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["self_replay.jsonl"]  # no temporary file left
 
 
-def test_sft_stage_mixes_the_replies_in(tmp_path, small_tokenizer, monkeypatch):
-    base = tmp_path / "base"
-    torch.manual_seed(0)
-    checkpoint.save_model(GPT(preset("tiny", vocab_size=small_tokenizer.vocab_size)), base, stage="pretrain")
-    shutil.copyfile(small_tokenizer.path, base / "tokenizer.model")
+def test_sft_stage_mixes_the_replies_in(tmp_path, base, monkeypatch):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(3)))
     seen = []
@@ -73,3 +79,10 @@ def test_sft_stage_mixes_the_replies_in(tmp_path, small_tokenizer, monkeypatch):
     assert seen == [["question 0", "question 1", "question 2"]]
     written = [json.loads(line) for line in (out / "self_replay.jsonl").read_text().splitlines()]
     assert [r["messages"][0]["content"] for r in written] == seen[0]
+
+
+def test_no_reply_kept_is_a_clear_error(tmp_path, base, monkeypatch):
+    monkeypatch.setattr(replay, "replay_conversations", lambda *a, **kw: [])
+    with pytest.raises(SystemExit, match="--self-replay: none of the starting model's 48 replies ended within 64"):
+        cli.run(["--stage", "sft", "--init", str(base), "--out", str(tmp_path / "sft"), "--preset", "tiny",
+                 "--steps", "1", "--batch-size", "2", "--max-eval", "2", "--self-replay", "0.3"])

@@ -123,7 +123,10 @@ def run(args):
         prompts = [r["prompt"] for r in datasets.read_rl(args.replay_file or datasets.builtin("general_replay"))]
         records = replay.load_or_make(Path(args.out) / "self_replay.jsonl", args.resume,
                                       lambda: replay.replay_conversations(model, tok, prompts))
-        replay_docs = tokenize(records, tok, "prompt", args.seq_len, "self-replay")
+        if not records:
+            raise SystemExit(f"train.py: error: --self-replay: none of the starting model's {len(prompts)} replies "
+                             f"ended within {replay.REPLY_TOKENS} tokens, so there is nothing to rehearse (try shorter prompts)")
+        replay_docs = tokenize(records, tok, args.mask, args.seq_len, "self-replay")
         train_docs, stats = mix_documents(train_docs, replay_docs, args.self_replay, args.seed)
         print(f"[sft] --self-replay {args.self_replay}: {len(records)} of {len(prompts)} replies kept; "
               f"{stats}", file=sys.stderr)
