@@ -59,13 +59,21 @@ def held_out(args, model, tok, measure, val, test=None, general: bool = True) ->
     out = dict(measure(val))
     if test is not None:
         out.update({test_name(k): v for k, v in measure(test).items()})
-    if general and on_pretrained_base(args.init):
-        from minipost import data as datasets
-        from minipost.evaluate import general_accuracy
+    return {**out, **general_numbers(args, model, tok)} if general else out
 
-        for split, prefix in (("general_val", ""), ("general_test", "test_")):
-            questions = datasets.read_general(datasets.builtin(split))[: args.max_eval]
-            out.update({prefix + k: v for k, v in general_accuracy(model, tok, questions).items()})
+
+def general_numbers(args, model, tok) -> dict:
+    """general_accuracy (general_val) and test_general_accuracy (general_test), --max-eval
+    questions each, on a model built on a pretrained base; {} on the built-in model."""
+    if not on_pretrained_base(args.init):
+        return {}
+    from minipost import data as datasets
+    from minipost.evaluate import general_accuracy
+
+    out = {}
+    for split, prefix in (("general_val", ""), ("general_test", "test_")):
+        questions = datasets.read_general(datasets.builtin(split))[: args.max_eval]
+        out.update({prefix + k: v for k, v in general_accuracy(model, tok, questions).items()})
     return out
 
 

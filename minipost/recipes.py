@@ -17,9 +17,10 @@ SFT run (`--init out/smol/sft`) needs the SmolLM2 settings as much as the SFT ru
 a user who forgot --recipe would otherwise wait hours for a run that is not the intended one.
 
 The numbers behind each choice are in the comments of RECIPES (measured on this project's
-2-core CPU, on the validation split of the built-in data). That CPU (AMD EPYC, no
-AVX512-BF16/AMX) runs --precision auto as float32; on a CPU with AMX, auto picks bf16 and the
-same steps are ~2.7x faster (README "Precision").
+2-core CPU, one torch thread, on the validation split of the built-in data; docs/smollm2.md).
+The first recipes were chosen on a CPU without AVX512-BF16/AMX, where --precision auto runs
+float32; the later ones on a CPU with AMX, where auto picks bf16 and a LoRA-SFT step took
+3.3 s instead of 12-14 s. Where a choice was re-checked in bf16 the comment says so.
 """
 from __future__ import annotations
 
@@ -50,20 +51,44 @@ RECIPES: dict[str, dict[str, dict]] = {
                     seq_len=256, max_eval=40, max_new_tokens=48, self_replay=0.3),
         # DPO from the SFT run, LoRA on the merged SFT weights (the reference is the same model
         # with its adapter off, so no second copy), a LoRA-scale lr. Chosen on the validation
-        # split (docs/smollm2.md), 30 steps of 4 pairs from the SFT recipe's run:
-        #   lr 5e-4  pref 0.925, voice 0.93, fact 0.87 -> 0.84, general_accuracy 0.85 -> 0.225
-        #   lr 2e-4  pref 0.975, voice 0.975, fact 0.87 -> 0.87, general 0.85 -> 0.775 (this recipe)
-        "dpo": dict(peft="lora", lora_r=16, lora_alpha=32, lr=2e-4, warmup=2, steps=30, batch_size=4,
-                    max_eval=40, max_new_tokens=48),
-        # The reward model from the SFT run: LoRA, the scalar head trained whole. Measured
-        # (docs/smollm2.md): pair_accuracy 0.85 val / 0.925 test, swapped-fact pairs 0.71 / 0.82.
-        "rm": dict(peft="lora", lora_r=16, lora_alpha=32, lr=5e-4, warmup=2, steps=40, batch_size=4,
+        # split (docs/smollm2.md), 4 pairs a step from the SFT recipe's run:
+        #   float32, 30 steps, lr 5e-4  pref 0.925, fact 0.87 -> 0.84, general_accuracy 0.85 -> 0.225
+        #   float32, 30 steps, lr 2e-4  pref 0.975, fact 0.87 -> 0.87, general 0.85 -> 0.775
+        #   bf16 (AMX), lr 2e-4, from a bf16 SFT run (fact 0.90, voice 0.575):
+        #     30 steps                    pref 0.925, voice 0.95, fact -6.4 points
+        #     90 steps                    pref 0.95, but the replies fall apart (format 0.225,
+        #                                 fact 0.39): the chosen replies' likelihood fell too
+        #     90 steps, --rpo-alpha 1     pref 0.95, voice 1.00, fact -12.9
+        #     90 steps, rpo 1, beta 0.5   pref 0.925, voice 1.00, fact -9.7
+        #     60 steps, --rpo-alpha 1     pref 0.95, voice 1.00, fact -6.4 (this recipe)
+        "dpo": dict(peft="lora", lora_r=16, lora_alpha=32, lr=2e-4, warmup=5, steps=60, batch_size=4,
+                    rpo_alpha=1.0, max_eval=40, max_new_tokens=48),
+        # The reward model from the SFT run: LoRA, the scalar head trained whole. Validation
+        # pair_accuracy (swapped-fact pairs): float32, 40 steps 0.85 (0.71); bf16, 40 steps
+        # 0.85 (0.71), 150 steps 0.95 (0.90) (this recipe), 250 steps 0.95 (0.90).
+        "rm": dict(peft="lora", lora_r=16, lora_alpha=32, lr=5e-4, warmup=5, steps=150, batch_size=4,
                    max_eval=40),
         # GRPO from the SFT run: 4 prompts x 8 completions a step; a reply with its total is
-        # ~25 tokens, so 40 new tokens. Measured (docs/smollm2.md): task_accuracy 0.175 -> 0.30
-        # val, 0.10 -> 0.25 test, 70-80 s a step (half rollout, half update) in float32.
-        "grpo": dict(peft="lora", lora_r=16, lora_alpha=32, lr=5e-4, warmup=2, steps=20, batch_size=8,
+        # ~25 tokens, so 40 new tokens. Validation task_accuracy (docs/smollm2.md):
+        #   float32, 20 steps, beta 0.04       0.175 -> 0.30
+        #   bf16, 20 steps, beta 0.04          0.30 -> 0.425
+        #   bf16, 40 steps, beta 0.04          stopped at step 21: the replies shrank to ~6 tokens
+        #                                      ("Total: $N" without the sum), every group's rewards
+        #                                      equal (no signal left), kl 3.7
+        #   bf16, 30 steps, beta 0.1           0.30 -> 0.375, replies stay ~20 tokens (this recipe)
+        "grpo": dict(peft="lora", lora_r=16, lora_alpha=32, lr=5e-4, warmup=2, steps=30, batch_size=8,
+                     beta=0.1, prompts_per_step=4, group_size=8, max_new_tokens=40, max_eval=40),
+        # RLOO and PPO: GRPO's rollout shape and LoRA. PPO_MEASURED / RLOO_MEASURED below.
+        "rloo": dict(peft="lora", lora_r=16, lora_alpha=32, lr=5e-4, warmup=2, steps=30, batch_size=8, beta=0.1,
                      prompts_per_step=4, group_size=8, max_new_tokens=40, max_eval=40),
+        "ppo": dict(peft="lora", lora_r=16, lora_alpha=32, lr=2e-4, warmup=2, steps=20, batch_size=8,
+                    prompts_per_step=4, group_size=8, max_new_tokens=40, max_eval=40),
+        # Continual pretraining on the new-domain text, LoRA, a quarter of each batch replayed
+        # from the built-in general corpus.
+        "cpt": dict(peft="lora", lora_r=16, lora_alpha=32, lr=5e-4, warmup=5, steps=60, batch_size=4,
+                    seq_len=256, replay=0.25, max_eval=40),
+        # The probe reads the frozen model: only the head trains, the built-in defaults hold.
+        "probe": dict(),
     },
 }
 CHOICES = (AUTO, NONE, *RECIPES)

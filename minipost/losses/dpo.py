@@ -31,6 +31,15 @@ dominate the loss and the fixed margin would mean different things for short and
 The caller passes averages (sequence_logps(..., reduction="mean")); this function is the same
 formula either way.
 
+RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 3), a term beside
+any of the above: the chosen reply's negative log-likelihood per token, weighted by alpha,
+
+    loss_rpo = alpha * (-log pi(y_c)) / |y_c|
+
+DPO only asks that chosen beat rejected *relative to the reference*; both may fall together,
+and a fact the SFT model stated may become less likely. The NLL term keeps the chosen
+replies (the ones with the right facts) likely. TRL calls the weight rpo_alpha.
+
 Checked against TRL's DPOTrainer (loss types "sigmoid", "robust", "ipo", "hinge"): the same
 formulas, and the same detached rewards beta * (log pi - log pi_ref). Deviations: TRL warns and
 ignores label_smoothing for ipo/hinge and accepts eps = 0.5 for robust (a division by zero);
@@ -111,3 +120,12 @@ def dpo_loss(
     chosen_rewards = beta * chosen_logratio.detach()
     rejected_rewards = beta * rejected_logratio.detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def rpo_nll(policy_chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
+    """[B] the chosen replies' NLL per token, -log pi(y_c) / |y_c| (RPO's term; weight it by alpha).
+
+    policy_chosen_logps: [B] summed completion log-probs; chosen_lengths: [B] completion tokens.
+    """
+    check_same_shape(policy_chosen_logps=policy_chosen_logps, chosen_lengths=chosen_lengths)
+    return -policy_chosen_logps / chosen_lengths.to(policy_chosen_logps.dtype).clamp(min=1)

@@ -23,7 +23,8 @@ import torch
 from minipost import checkpoint, distributed, pretrained
 # The held-out rules (test split, general questions) live in minipost/heldout.py; the stages
 # call them through here.
-from minipost.heldout import add_test_arg, as_before, held_out, on_pretrained_base, test_name, test_path  # noqa: F401
+from minipost.heldout import (add_test_arg, as_before, general_numbers, held_out, on_pretrained_base,  # noqa: F401
+                              test_name, test_path)
 from minipost.tokenizer import Tokenizer
 
 

@@ -8,7 +8,8 @@ r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)):
     loss = -log sigmoid( beta * [ (log pi(y_c|x) - log pi_ref(y_c|x))
                                 - (log pi(y_r|x) - log pi_ref(y_r|x)) ] )
 
-(and the variants of losses/dpo.py: --loss-type robust | ipo | hinge, --label-smoothing).
+(and the variants of losses/dpo.py: --loss-type robust | ipo | hinge, --label-smoothing;
+--rpo-alpha adds RPO's NLL term on the chosen replies).
 log pi(y|x) is the sum of the completion's token log-probs (the prompt is not scored);
 IPO takes their mean instead (see losses/dpo.py for why).
 
@@ -53,8 +54,8 @@ from minipost import data as datasets
 from minipost import distributed, validate
 from minipost.evaluate import reply_metrics
 from minipost.logprobs import model_sequence_logps
-from minipost.losses import dpo_loss
-from minipost.losses.dpo import LOSS_TYPES, check_settings
+from minipost.losses import IGNORE_INDEX, dpo_loss
+from minipost.losses.dpo import LOSS_TYPES, check_settings, rpo_nll
 from minipost.data import tokenize_pairs
 from minipost.packing import pair_batch, pair_indices
 from minipost.stages import common
@@ -74,6 +75,8 @@ def add_args(p, stage):
     p.add_argument("--beta", type=float, default=0.1, help="KL strength of the implicit reward")
     p.add_argument("--loss-type", default="sigmoid", choices=LOSS_TYPES, help="the DPO variant (losses/dpo.py)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="assumed fraction of flipped labels")
+    p.add_argument("--rpo-alpha", type=float, default=0.0,
+                   help="weight of RPO's NLL term on the chosen replies (losses/dpo.py; 0: plain DPO)")
     p.add_argument("--max-len", type=int, default=None,
                    help="drop pairs longer than this (default: the model's context)")
     p.add_argument("--train-file", type=Path, default=None, help="preference JSONL (default: built-in pref_train)")
@@ -114,14 +117,20 @@ def logps_table(model, pairs: list[tuple], pad_id: int, reduction: str = "sum", 
 
 # --- loss and metric -----------------------------------------------------------------------
 
-def dpo_objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, loss_type, label_smoothing):
+def dpo_objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, loss_type, label_smoothing,
+                  rpo_alpha: float = 0.0, chosen_lengths=None):
     """All [B] -> (loss summed over the pairs, stats summed over the pairs), the shape
-    ItemWeighted.backward expects (it divides both by the number of pairs)."""
+    ItemWeighted.backward expects (it divides both by the number of pairs). rpo_alpha > 0
+    adds RPO's NLL of the chosen replies (chosen_lengths: their completion tokens [B])."""
     losses, chosen_r, rejected_r = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                                             beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
     stats = {"rewards/chosen": chosen_r.sum(), "rewards/rejected": rejected_r.sum(),
              "rewards/accuracies": (chosen_r > rejected_r).float().sum(),
              "rewards/margins": (chosen_r - rejected_r).sum()}
+    if rpo_alpha > 0:
+        nll = rpo_nll(policy_chosen, chosen_lengths)
+        losses = losses + rpo_alpha * nll
+        stats["nll/chosen"] = nll.detach().sum()
     return losses.sum(), stats
 
 
@@ -137,6 +146,8 @@ def run(args):
     started = time.time()
     try:  # bad flags fail now, not after the reference pass
         check_settings(args.beta, args.loss_type, args.label_smoothing)
+        if args.rpo_alpha < 0:
+            raise ValueError(f"--rpo-alpha must be >= 0, got {args.rpo_alpha}")
     except ValueError as e:
         raise SystemExit(f"train.py: error: {e}") from None
     common.seed_everything(args.seed)
@@ -223,8 +234,11 @@ def run(args):
         batch = {k: v.to(args.device) for k, v in batch.items()}
         policy_chosen, policy_rejected = concatenated_logps(model, batch, reduction)
         ref_chosen, ref_rejected = reference_logps(batch)
+        # ipo's log-probs are already per token: its chosen "length" is 1
+        lengths = (batch["targets"][: len(policy_chosen)] != IGNORE_INDEX).sum(1) if reduction == "sum" \
+            else torch.ones_like(policy_chosen)
         return dpo_objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
-                             args.beta, args.loss_type, args.label_smoothing)
+                             args.beta, args.loss_type, args.label_smoothing, args.rpo_alpha, lengths)
 
     def evaluate(pairs, ref, kinds, eval_records):
         if not pairs:  # a test split of SFT prompts only

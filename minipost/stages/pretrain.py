@@ -13,7 +13,8 @@ general rows into every batch, the simple remedy for forgetting in continual lea
 continually pre-train LLMs": a few percent of replay plus LR re-warming and re-decaying).
 `--schedule rewarm|cosine|constant` picks the learning-rate schedule.
 eval.json: pretrain -> val_loss; cpt -> domain_val_loss, general_val_loss (and the
-base model's numbers before training, *_before).
+base model's numbers before training, *_before); on a real model also general_accuracy
+(the general questions of data/general.py, heldout.general_numbers), before and after.
 """
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def run(args):
         domain_val = token_rows(datasets.read_texts(val_file), tok, args.seq_len)[: args.eval_rows]
         if not args.resume:
             before = {"domain_val_loss_before": rows_loss(model, domain_val),
-                      "general_val_loss_before": rows_loss(model, general_val)}
+                      "general_val_loss_before": rows_loss(model, general_val),
+                      **common.as_before(common.general_numbers(args, model, tok))}
             print(f"[cpt] before: {before}", file=sys.stderr)
 
     def evaluate() -> dict:
@@ -171,6 +173,8 @@ def run(args):
         raise SystemExit(f"[{args.stage}] held-out loss is not finite: {metrics}")
     if args.stage == "pretrain":
         print_samples(model, tok)
+    else:  # on a real model, does new-domain text cost it its general answers?
+        metrics.update(common.general_numbers(args, model, tok))
     return common.finish(args, {**metrics, **before}, started)
 
 

@@ -179,6 +179,39 @@ def test_dpo_objective_sums_losses_and_stats_over_pairs():
     assert stats["rewards/margins"].item() == pytest.approx(0.5 * sum(deltas))
 
 
+def test_rpo_adds_alpha_times_the_chosen_nll_per_token():
+    # RPO (Pang et al. 2024): loss = DPO + alpha * (-log pi(y_c)) / |y_c|, per pair, summed
+    pc, pr = torch.tensor([-3.0, -5.0], dtype=torch.float64), torch.tensor([-4.0, -2.0], dtype=torch.float64)
+    rc, rr = torch.tensor([-3.5, -5.0], dtype=torch.float64), torch.tensor([-3.5, -2.5], dtype=torch.float64)
+    lengths = torch.tensor([3, 10])
+    plain, _ = dpo_objective(pc, pr, rc, rr, 0.5, "sigmoid", 0.0)
+    loss, stats = dpo_objective(pc, pr, rc, rr, 0.5, "sigmoid", 0.0, rpo_alpha=2.0, chosen_lengths=lengths)
+    nll = 3.0 / 3 + 5.0 / 10
+    assert loss.item() == pytest.approx(plain.item() + 2.0 * nll, rel=1e-12)
+    assert stats["nll/chosen"].item() == pytest.approx(nll, rel=1e-12)
+    pc.requires_grad_(True)  # d loss / d log pi(y_c) gains -alpha / |y_c|
+    with_rpo = torch.autograd.grad(dpo_objective(pc, pr, rc, rr, 0.5, "sigmoid", 0.0, 2.0, lengths)[0], pc)[0]
+    without = torch.autograd.grad(dpo_objective(pc, pr, rc, rr, 0.5, "sigmoid", 0.0)[0], pc)[0]
+    assert torch.allclose(with_rpo - without, torch.tensor([-2.0 / 3, -2.0 / 10], dtype=torch.float64))
+
+
+def test_rpo_term_of_a_step_is_the_chosen_tokens_mean_nll(tiny, pairs):
+    # the stage counts the chosen reply's scored tokens from the batch; check against a loop
+    model = copy.deepcopy(tiny[0]).eval()
+    batch = pair_batch(pairs[:3], tiny[1].pad_id)
+    chosen, rejected = concatenated_logps(model, batch, "sum")
+    lengths = (batch["targets"][:3] != -100).sum(1)
+    _, stats = dpo_objective(chosen, rejected, chosen.detach(), rejected.detach(), 0.1, "sigmoid", 0.0, 1.0, lengths)
+    expected = 0.0
+    for k in range(3):
+        ids, tgt = batch["input_ids"][k].tolist(), batch["targets"][k].tolist()
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).double()[0], -1)
+        scored = [logp[t, y].item() for t, y in enumerate(tgt) if y != -100]
+        expected += -sum(scored) / len(scored)
+    assert stats["nll/chosen"].item() == pytest.approx(expected, rel=1e-4)
+
+
 def test_pref_accuracy_on_hand_made_logps():
     policy = torch.tensor([[-1.0, -2.0], [-3.0, -1.0], [-2.0, -2.0], [-5.0, -9.0]])
     reference = torch.tensor([[-1.5, -1.5], [-3.0, -2.0], [-2.0, -2.0], [-4.0, -9.0]])

@@ -117,3 +117,21 @@ def test_sft_on_a_real_format_model_reports_general_accuracy(tmp_path):
 
     first = read_general(builtin("general_val"))[:3]  # --max-eval 3
     assert set(ev["general_accuracy_by_kind"]) == {r["kind"] for r in first}
+
+
+def test_cpt_on_a_real_format_model_reports_general_accuracy_before_and_after(tmp_path):
+    # continual pretraining on raw shop text can cost a chat model its answers: cpt asks the
+    # general questions before and after, like the post-training stages
+    from minipost.data import builtin, read_general
+
+    base, _ = make_hf_dir(tmp_path / "hf")
+    model, tok, _ = common.load_stage_model(base)
+    first = read_general(builtin("general_val"))[:3]  # --max-eval 3
+    expected_before = evaluate.general_accuracy(model, tok, first)["general_accuracy"]
+    ev = cli.run(["--stage", "cpt", "--init", str(base), "--out", str(tmp_path / "cpt"), "--peft", "lora",
+                  "--seq-len", "64", "--eval-rows", "2", *TINY])
+    assert ev["general_accuracy_before"] == expected_before
+    for key in ("general_accuracy", "test_general_accuracy", "test_general_accuracy_before"):
+        assert 0 <= ev[key] <= 1, key
+    assert set(ev["general_accuracy_by_kind"]) == {r["kind"] for r in first}
+    assert ev["domain_val_loss"] > 0 and ev["domain_val_loss_before"] > 0
