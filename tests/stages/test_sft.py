@@ -121,7 +121,9 @@ def test_batch_4_times_accumulation_2_equals_batch_8(base_dir, tmp_path):
     assert max((w8[k] - w4[k]).abs().max().item() for k in w8) <= 1e-3 / 50
     assert max((w8[k] - w0[k]).abs().max().item() for k in w8) > 5e-4  # the step moved the weights (~lr)
     m8, m4 = (json.loads((tmp_path / d / "metrics.jsonl").read_text()) for d in ("b8", "b4x2"))
-    assert m8["loss"] == pytest.approx(m4["loss"], abs=1e-6)
+    # metrics.jsonl keeps 6 decimals (training.py), so two losses equal to 1e-9 can land one unit
+    # of the last place apart when they straddle a rounding boundary (seen: 8.326954 / 8.326953)
+    assert m8["loss"] == pytest.approx(m4["loss"], abs=1e-6 * 1.001)
 
 
 def test_accumulated_gradient_equals_the_full_batch_gradient(small_tokenizer):
