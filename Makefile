@@ -46,7 +46,7 @@ ppo: setup
 all: setup
 	$(PY) train.py --stage all
 
-# SmolLM2-135M-Instruct (README "SmolLM2 results"; 11 min from a fresh clone, setup included, on a
+# SmolLM2-135M-Instruct (README "SmolLM2 results"; 13.7 min from a fresh clone, setup included, on a
 # 2-core CPU with AMX (bf16), about 50 min in float32 without it; docs/smollm2.md): LoRA SFT (with self-replay) from the real model, then DPO from
 # the SFT run, each with the smollm2 recipe (minipost/recipes.py: --recipe auto picks it), each
 # printing its held-out numbers before and after; then base, SFT and DPO answer the same three
