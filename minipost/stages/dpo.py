@@ -234,9 +234,10 @@ def run(args):
         batch = {k: v.to(args.device) for k, v in batch.items()}
         policy_chosen, policy_rejected = concatenated_logps(model, batch, reduction)
         ref_chosen, ref_rejected = reference_logps(batch)
-        # ipo's log-probs are already per token: its chosen "length" is 1
-        lengths = (batch["targets"][: len(policy_chosen)] != IGNORE_INDEX).sum(1) if reduction == "sum" \
-            else torch.ones_like(policy_chosen)
+        lengths = None  # RPO's per-token NLL needs the chosen replies' token counts
+        if args.rpo_alpha > 0:  # ipo's log-probs are already per token: its chosen "length" is 1
+            lengths = (batch["targets"][: len(policy_chosen)] != IGNORE_INDEX).sum(1) if reduction == "sum" \
+                else torch.ones_like(policy_chosen)
         return dpo_objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                              args.beta, args.loss_type, args.label_smoothing, args.rpo_alpha, lengths)
 

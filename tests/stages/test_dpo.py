@@ -302,3 +302,13 @@ def test_bad_flags_fail_before_any_work(sft_dir):
     assert parse_error.value.code == 2 and not (sft_dir / "bad").exists()
     with pytest.raises(SystemExit, match="label_smoothing"):
         run_dpo(sft_dir, sft_dir / "bad", "--loss-type", "hinge", "--label-smoothing", "0.1")
+
+
+def test_rpo_alpha_run_logs_the_nll_and_adds_it_to_the_first_steps_log_2(sft_dir):
+    # step 1: policy == reference, so the DPO part is log 2 and the rest is alpha * NLL per pair
+    run_dpo(sft_dir, sft_dir / "rpo", "--rpo-alpha", "0.5")
+    first = metrics_lines(sft_dir / "rpo")[0]
+    assert first["nll/chosen"] > 0
+    assert first["loss"] == pytest.approx(math.log(2) + 0.5 * first["nll/chosen"], abs=1e-5)
+    run_dpo(sft_dir, sft_dir / "no_rpo", "--steps", "1")
+    assert "nll/chosen" not in metrics_lines(sft_dir / "no_rpo")[0]  # plain DPO logs no NLL
