@@ -14,12 +14,15 @@ import copy
 
 import torch
 
+from minipost import backend
 from minipost.config import GPTConfig
 from minipost.logprobs import model_sequence_logps, scored_logits
 from minipost.losses import dpo_loss, grpo_loss, sft_loss_sum
 from minipost.model import GPT
 from minipost.peft import apply_peft, disable_adapters
 from minipost.rollout import Rollout, completion_logps
+
+backend.reuse_freed_memory()  # as train.py does (minipost/backend.py), so the steps time the same
 
 SMOLLM2 = GPTConfig(vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3, d_model=576, d_ff=1536,
                     max_seq_len=2048, rope_theta=100000.0, tie_embeddings=True)

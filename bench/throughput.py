@@ -5,7 +5,11 @@ are counted) on the built-in model and on SmolLM2-135M's shape (random weights),
 training and LoRA, and generation, against the peak this script measures itself: a
 2048 x 2048 x 2048 matmul in each dtype on the same threads. Prints a markdown table.
 
-    python bench/throughput.py [--shapes builtin,smollm2] [--repeats 3]
+    python bench/throughput.py [--shapes builtin,smollm2] [--repeats 3] [--breakdown]
+
+--breakdown splits each SFT row's step into the lm_head with its loss, the linear layers,
+attention, the optimizer and the elementwise rest, each part timed on its own (breakdown()):
+what keeps the MFU below 100%.
 """
 from __future__ import annotations
 
@@ -21,8 +25,10 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 from steps import SMOLLM2, STEPS, batch, build, step_flops  # noqa: E402
 
 from minipost import backend  # noqa: E402
+from minipost.attention import attention  # noqa: E402
 from minipost.config import preset  # noqa: E402
 from minipost.generate import generate  # noqa: E402
+from minipost.losses import sft_loss_sum  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -48,6 +54,56 @@ def time_it(fn, repeats):
     return min(times), statistics.median(times)
 
 
+def breakdown(model, cfg, ids, targets, opt, total: float, repeats: int) -> dict[str, float]:
+    """Seconds of one SFT-shaped step (B x T tokens, the second half scored) per part, each
+    part timed on its own (min of repeats) at the step's shapes, precision and threads:
+    the lm_head with its loss (forward + backward from the final hidden states), the
+    linear layers of one block (LoRA branches included) x n_layer, attention of one layer
+    x n_layer, the optimizer step; what is left of the whole step's time is elementwise
+    work (norms, RoPE, SiLU, residual adds, dtype casts). torch.profiler was tried first
+    and dropped: its per-op overhead inflated the [N, vocab] ops ten-fold."""
+    B, T = ids.shape
+    scored = targets != -100
+    device = ids.device
+    hidden = model.hidden_states(ids).detach()[scored].requires_grad_()
+
+    def head():
+        loss_sum, n = sft_loss_sum(model.logits(hidden)[None], targets[scored][None])
+        (loss_sum / n).backward()
+
+    block = model.layers[0]
+    linears = [block.attn.q_proj, block.attn.k_proj, block.attn.v_proj, block.attn.o_proj,
+               block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj]
+    xs = {m: torch.randn(B, T, m.base.in_features if hasattr(m, "base") else m.in_features,
+                         requires_grad=True) for m in linears}
+
+    def layer_linears():
+        with backend.autocast(device, model.base_params):
+            for m, x in xs.items():
+                m(x).float().sum().backward()
+
+    dtype = backend.autocast_dtype(model.base_params) or torch.float32
+    qkv = [torch.randn(B, h, T, cfg.head_dim).to(dtype).requires_grad_() for h in (cfg.n_head, cfg.n_kv_head, cfg.n_kv_head)]
+
+    def layer_attention():
+        attention(*qkv).float().sum().backward()
+
+    grads = {q: torch.randn_like(q) for group in opt.param_groups for q in group["params"]}
+
+    def optimizer_step():
+        for q, g in grads.items():
+            q.grad = g
+        opt.step()
+
+    parts = {"lm_head + cross-entropy (forward + backward)": time_it(head, repeats)[0],
+             f"linear layers (LoRA branches included), {cfg.n_layer} layers": time_it(layer_linears, repeats)[0] * cfg.n_layer,
+             f"attention, {cfg.n_layer} layers": time_it(layer_attention, repeats)[0] * cfg.n_layer,
+             "optimizer (AdamW)": time_it(optimizer_step, repeats)[0]}
+    model.zero_grad(set_to_none=True)
+    parts["the rest: norms, RoPE, SiLU, residual adds, casts"] = total - sum(parts.values())
+    return parts
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="builtin,smollm2")
@@ -59,6 +115,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smollm2-layers", type=int, default=30, help="fewer layers for a quicker run")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--breakdown", action="store_true", help="after each SFT row, where its time goes")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     peaks = {name: peak_flops(dt) for name, dt in DTYPES.items()}
@@ -81,15 +138,21 @@ def main():
                 for prec in args.precisions.split(","):
                     backend.set_precision(prec)
 
-                    def step():
-                        STEPS[kind](model, ref, ids, targets)
+                    def optimizer_step():
                         opt.step()
                         opt.zero_grad(set_to_none=True)
+
+                    def step():
+                        STEPS[kind](model, ref, ids, targets)
+                        optimizer_step()
 
                     best, med = time_it(step, args.repeats)
                     print(f"| {shape} (L={cfg.n_layer}) | {kind} | {peft} | {prec} | {best:.3f} / {med:.3f} | "
                           f"{rows * args.seq / best:,.0f} | {flops / best / 1e9:.1f} | "
                           f"{flops / best / peaks[prec]:.1%} | {flops / best / peaks['bf16']:.1%} |", flush=True)
+                    if args.breakdown and kind == "sft":
+                        for name, sec in breakdown(model, cfg, ids, targets, opt, best, args.repeats).items():
+                            print(f"|  | | | | {sec:.3f} s ({sec / best:.0%}) | {name} | | | |", flush=True)
             if peft == "none":
                 model.eval()
                 prompts = [list(range(1, 65))] * args.batch

@@ -26,8 +26,10 @@ and rows whose document ids never decrease (packed rows, right-padded batches) a
 into their documents: each document is a contiguous run, and attention within it is plain
 causal attention. Documents are gathered into batches of equal padded width (a multiple of
 SEGMENT_WIDTH; the padding sits after each document, where the causal rule hides it from
-the real queries) and each batch runs causal SDPA, so the scores between documents, which
+the real queries) and each batch runs causal attention, so the scores between documents, which
 the mask would throw away, are never computed. The result equals the masked path (tested).
+Short rows in bf16 on a CPU skip SDPA for the written-out formula (causal_attention: the
+fused CPU kernel measured 2-4x slower there).
 A decode step of a row without padding (one query, every key in its document) needs no
 mask at all and calls SDPA without one.
 Grouped-query attention passes the kv heads to SDPA as they are (enable_gqa) instead of
@@ -67,6 +69,11 @@ def attention_mask(
 
 
 SEGMENT_WIDTH = 32  # documents are padded to a multiple of this to share one SDPA call
+# The CPU's fused SDPA kernel is slow in bf16 on short rows. Measured forward + backward with
+# SmolLM2's heads (9 query, 3 kv, head_dim 64) on one AMX core: 2-4x slower than two matmuls
+# and a softmax for 64-256 keys (4 x 256: 20 ms against 11 ms a layer); in float32, and in
+# bf16 from ~512 keys, it is as fast or faster and keeps no [T, T] probabilities for backward.
+EXPLICIT_MAX_KEYS = 256
 
 
 class Documents:
@@ -131,8 +138,24 @@ def _segments(doc: torch.Tensor):
     return groups
 
 
+def causal_attention(q, k, v, scale):
+    """Causal attention of q [B, H, T, D] on k, v [B, H_kv, T, D]: SDPA, or on a CPU in bf16
+    with at most EXPLICIT_MAX_KEYS keys the formula written out, as eager attention under
+    autocast computes it: bf16 scores and probabilities, the softmax accumulated in float32."""
+    B, H, T, D = q.shape
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or T > EXPLICIT_MAX_KEYS:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    h_kv = k.shape[1]
+    group = H // h_kv  # query heads group*j ... group*j + group - 1 read kv head j
+    scores = q.reshape(B, h_kv, group * T, D) @ k.transpose(-1, -2)  # a group's queries in one matmul
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    scores = (scores.view(B, h_kv, group, T, T) * scale).masked_fill(future, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)  # float32 inside the kernel, bf16 out
+    return (probs.view(B, h_kv, group * T, T) @ v).view(B, H, T, D)
+
+
 def _attention_by_document(q, k, v, groups, scale):
-    """Causal SDPA within each document of (q, k, v) [B, H(_kv), T, D], see the docstring."""
+    """Causal attention within each document of (q, k, v) [B, H(_kv), T, D], see the docstring."""
     B, H, T, D = q.shape
 
     def flat_padded(x):  # [B, h, T, D] -> [B * T + 1, h, D], the last row a zero pad slot
@@ -142,9 +165,8 @@ def _attention_by_document(q, k, v, groups, scale):
     qf, kf, vf = flat_padded(q), flat_padded(k), flat_padded(v)
     outs, where = [], []
     for index, real in groups:
-        o = F.scaled_dot_product_attention(qf[index].transpose(1, 2), kf[index].transpose(1, 2),
-                                           vf[index].transpose(1, 2), is_causal=True, scale=scale,
-                                           enable_gqa=True)  # [n, H, W, D]
+        o = causal_attention(qf[index].transpose(1, 2), kf[index].transpose(1, 2),
+                             vf[index].transpose(1, 2), scale)  # [n, H, W, D]
         outs.append(o.transpose(1, 2)[real])  # [n_real, H, D]
         where.append(index[real])
     order = torch.cat(where).argsort()  # the documents partition the positions
@@ -184,11 +206,9 @@ def attention(
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if n_global == 0 and tq == tk:
-        if documents.q_doc is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-        groups = documents.segments()
-        if groups == "causal":  # one document per row (e.g. an unpadded rollout row)
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        groups = None if documents.q_doc is None else documents.segments()
+        if documents.q_doc is None or groups == "causal":  # one document per row (an unpadded rollout row)
+            return causal_attention(q, k, v, scale)
         if groups is not None:
             return _attention_by_document(q, k, v, groups, scale)
     if tq == 1 and n_global == 0 and documents.one_document():  # a decode step of an unpadded row

@@ -224,6 +224,9 @@ def set_threads(threads: int | None) -> None:
 def run(argv: list[str]) -> dict:
     args = parse(argv)
     set_threads(args.threads)
+    from minipost import backend
+
+    backend.reuse_freed_memory()  # before the first large tensor (backend.py: 20% of a step)
     from minipost import distributed
 
     # Under torchrun: join the process group; each process takes its own GPU (minipost/distributed.py).
@@ -239,8 +242,6 @@ def run(argv: list[str]) -> dict:
         check_out(args)
     distributed.barrier()
     ensure_stage_output(args)
-    from minipost import backend
-
     backend.set_kernels(args.kernels, args.device)
     backend.set_precision(args.precision, args.device)
     return stage_module(args.stage).run(args)

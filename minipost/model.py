@@ -37,7 +37,11 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        # Under autocast the output feeds only matmuls, which would each cast it to bf16 again
+        # (q, k, v and their LoRA branches: six casts of one tensor); cast it once here instead.
+        # The bf16 values are the same, so are the results.
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        return (normed * self.weight.float()).to(dtype)
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,7 +219,8 @@ class GPT(nn.Module):
         with GPT.logits: the [B, T, vocab] logits are the costliest tensor of a small model.
 
         Under `--precision bf16` the layers run inside torch.autocast (backend.autocast):
-        matmuls in bf16, the residual stream, norms and returned states in float32.
+        matmuls in bf16, the residual stream, norms and returned states in float32 (a block's
+        norm hands its output to the matmuls already cast to bf16, see RMSNorm).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -248,7 +253,7 @@ class GPT(nn.Module):
         with backend.autocast(x.device, self.base_params):
             for layer in self.layers:
                 x = layer(x, cos, sin, documents, kv_cache)
-        return self.norm(x)[:, n_virtual:]
+        return self.norm(x)[:, n_virtual:].to(x.dtype)  # the residual's dtype also under a caller's autocast
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

@@ -240,3 +240,53 @@ def test_frozen_weight_cast_once_and_refreshed_when_the_weight_changes():
     assert backend.frozen_weight(layer.base.weight, x) is layer.base.weight  # outside autocast: as is
     expected = x.double() @ layer.base.weight.double().T  # lora_B = 0: the base alone
     assert (y.double() - expected).norm() <= 2.0 ** -7 * expected.norm()
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_bf16_causal_attention_matches_float64_formula(monkeypatch, explicit):
+    """Short bf16 rows on a CPU take the written-out formula (attention.causal_attention),
+    long ones SDPA; both against softmax(q k^T * scale + causal mask) v in float64 on the
+    same bf16 inputs. With u = 2^-8, each score is rounded to bf16 (relative error <= u),
+    each probability and each output once more; the roundings are of random sign, so the
+    sum over keys averages them: measured 0.6u of max |v| per output element and <= 1.1u
+    (relative, in norm) for the gradients, both paths; held to 2u and 3u."""
+    if not explicit:
+        monkeypatch.setattr(attention_module, "EXPLICIT_MAX_KEYS", 0)
+    g = torch.Generator().manual_seed(3)
+    B, H, H_kv, T, D = 2, 6, 2, 40, 16
+    q, k, v = (torch.randn(B, h, T, D, generator=g).bfloat16().requires_grad_() for h in (H, H_kv, H_kv))
+    got = attention(q, k, v)
+    assert got.dtype == torch.bfloat16
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    scores = q64 @ k64.repeat_interleave(H // H_kv, 1).transpose(-1, -2) / D ** 0.5
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    expected = torch.softmax(scores, -1) @ v64.repeat_interleave(H // H_kv, 1)
+    u = 2.0 ** -8
+    assert (got.double() - expected).abs().max() <= 2 * u * v64.abs().max()
+    weights = torch.randn(got.shape, generator=g)
+    grads = torch.autograd.grad((got.float() * weights).sum(), (q, k, v))
+    grads_ref = torch.autograd.grad((expected * weights.double()).sum(), (q64, k64, v64))
+    for a, b in zip(grads, grads_ref):
+        assert (a.double() - b).norm() <= 3 * u * b.norm()
+
+
+def test_freed_large_blocks_are_reused_not_faulted_in_again():
+    """backend.reuse_freed_memory: a 64 MB malloc block, written and freed, is served again
+    from the heap: the next four rounds fault no page in (glibc's default mmaps and unmaps
+    each such block, so every round faults all 16k of its 4 KB pages in again)."""
+    import ctypes
+    import resource
+
+    if not backend.reuse_freed_memory():
+        pytest.skip("no glibc malloc here")
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    size = 64 * 2 ** 20
+    faults = []
+    for _ in range(5):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = libc.malloc(size)
+        ctypes.memset(block, 1, size)
+        libc.free(block)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    assert faults[1:] == [0, 0, 0, 0]

@@ -91,7 +91,8 @@ class LoRALinear(nn.Module):
         # The reference path: also the fallback for what the fused kernel cannot do
         # (dropout on the branch input in training, an NF4 base, a bias).
         A, B = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
-        return self._base(x) + self.scaling * (self.dropout(x) @ A.T @ B.T)
+        # base + scaling * branch in one op (add's alpha): no separate scaled [tokens, out] tensor
+        return torch.add(self._base(x), self.dropout(x) @ A.T @ B.T, alpha=self.scaling)
 
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, merged={self.merged}"
