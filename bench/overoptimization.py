@@ -65,7 +65,7 @@ def best_of_n_curves(args, rms: dict[int, Path]) -> dict[int, list[dict]]:
     curves = {first: ev["curve"]}
     samples = [json.loads(line) for line in (bon_out / "samples.jsonl").read_text().splitlines()]
     from minipost import data
-    from minipost.stages.common import preference_prompts
+    from minipost.stages.rl_prompts import preference_prompts
 
     prompts = preference_prompts(data.builtin("pref_val"))
     gold = torch.tensor([s["gold"] for s in samples]).view(-1, args.max_n)

@@ -8,6 +8,7 @@ Minimart is a small fictional online shop. From a fixed seed this script builds 
     sft_{train,val,test}.jsonl      {"messages", "meta"}      support tickets, mixed reply styles
     pref_{train,val,test}.jsonl     {"prompt", "chosen", "rejected", "meta"}
     rl_{train,val,test}.jsonl       {"prompt", "answer"}      order totals, checked by rewards.py
+    rl_sum_{train,val,test}.jsonl   {"prompt", "answer"}      the same for two-item sums (a real model's task)
     intent_{train,val,test}.jsonl   {"text", "label"}         + intent_labels.json
     general_{val,test}.jsonl        {"prompt", "answer", "kind"}   general questions (general.py)
     general_replay.jsonl            {"prompt"}                     replay prompts (general.py, replay.py)
@@ -53,8 +54,8 @@ if str(HERE) not in sys.path:
 from corpus_cpt import cpt_doc  # noqa: E402
 from corpus_pretrain import pretrain_doc  # noqa: E402
 from general import general_questions, replay_prompts  # noqa: E402
-from records import (INTENTS, RL_ITEMS, RL_MAX_PRICE, RL_MAX_QTY, intent_record, pref_record,  # noqa: E402
-                     rl_record, sft_record)
+from records import (INTENTS, RL_ITEMS, RL_MAX_PRICE, RL_MAX_QTY, RL_SUM_ITEMS, RL_SUM_MAX_PRICE,  # noqa: E402
+                     RL_SUM_MAX_QTY, intent_record, pref_record, rl_record, sft_record)
 from world import OrderMaker, build_world  # noqa: E402
 
 DEFAULT_OUT = HERE / "minimart"  # git-ignored; made on first use
@@ -118,13 +119,13 @@ def generate(out_dir, seed: int = 1234, rl_items=RL_ITEMS, rl_max_price: int = R
              scale: float = 1.0, verbose: bool = False) -> dict[str, Path]:
     """Write the Minimart files into `out_dir` and return {name: path}.
 
-    Names: pretrain_train, pretrain_val, cpt_train, cpt_val, then {sft, pref, rl, intent}_
+    Names: pretrain_train, pretrain_val, cpt_train, cpt_val, then {sft, pref, rl, rl_sum, intent}_
     {train, val, test}, general_val, general_test (JSONL), intent_labels (JSON list of label
     names) and manifest (JSON: the arguments and each file's size; written last).
     `scale` multiplies every size (bytes for pretrain/cpt, record counts otherwise; the
     general questions are a fixed set and do not scale).
     The RL flags set the task's difficulty: items per order drawn from `rl_items`, unit
-    prices 1..rl_max_price dollars, quantities 1..rl_max_qty.
+    prices 1..rl_max_price dollars, quantities 1..rl_max_qty; the rl_sum files keep theirs.
     """
     rl_items = tuple(int(n) for n in rl_items)
     if not rl_items or min(rl_items) < 1 or rl_max_price < 1 or rl_max_qty < 1 or scale <= 0:
@@ -157,6 +158,12 @@ def generate(out_dir, seed: int = 1234, rl_items=RL_ITEMS, rl_max_price: int = R
     om_r = OrderMaker(r_r, world)
     splits["rl"] = _split(lambda: rl_record(r_r, om_r, rl_items, rl_max_price, rl_max_qty),
                           *n("rl"))
+    # The sums task keeps its difficulty whatever the RL flags (records.RL_SUM_ITEMS). Drawn from
+    # the RL seed, so its files are byte for byte the rl_* files of --rl-items 2 --rl-max-qty 1.
+    r_q = rng_for("rl")
+    om_q = OrderMaker(r_q, world)
+    splits["rl_sum"] = _split(lambda: rl_record(r_q, om_q, RL_SUM_ITEMS, RL_SUM_MAX_PRICE, RL_SUM_MAX_QTY),
+                              *n("rl"))
     r_i = rng_for("intent")
     splits["intent"] = _split(lambda: intent_record(r_i, world), *n("intent"))
 

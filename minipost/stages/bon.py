@@ -32,7 +32,7 @@ import torch
 from minipost import checkpoint
 from minipost.best_of_n import bon_curve, powers_of_two
 from minipost.rollout import rollout, sampling_generator
-from minipost.stages import common
+from minipost.stages import common, rl_prompts
 
 
 def add_args(p, stage):
@@ -51,7 +51,7 @@ def gold_prompts(args) -> list[dict]:
     from minipost import data as datasets
 
     if args.val_file is None:
-        records = common.preference_prompts(datasets.builtin("pref_val"))
+        records = rl_prompts.preference_prompts(datasets.builtin("pref_val"))
     else:
         records = datasets.read_rl(args.val_file)
     records = records[: args.max_eval]
@@ -77,7 +77,7 @@ def run(args):
     model, tok, _ = common.load_stage_model(args.init, args.device)
     model.eval().requires_grad_(False)
     prompts = gold_prompts(args)
-    common.check_prompts_fit([], prompts, tok, model.cfg, args)
+    rl_prompts.check_prompts_fit([], prompts, tok, model.cfg, args)
     args.reward_fn = args.reward_weights = None  # the RM is the reward (common.rl_reward)
     reward = common.rl_reward(args)
 

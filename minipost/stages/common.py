@@ -25,6 +25,7 @@ from minipost import checkpoint, distributed, pretrained
 # call them through here.
 from minipost.heldout import (add_test_arg, as_before, general_numbers, held_out, on_pretrained_base,  # noqa: F401
                               test_name, test_path)
+from minipost.stages import rl_prompts
 from minipost.tokenizer import Tokenizer
 
 
@@ -179,12 +180,7 @@ def resume_step(args, optimizer) -> int:
 
 def add_rl_args(g, group_size: int) -> None:
     """The flags every RL stage shares (GRPO, RLOO, PPO), on the argument group g."""
-    g.add_argument("--train-file", type=Path, default=None,
-                   help="RL prompts JSONL {\"prompt\", ...columns} (default: built-in rl_train; with "
-                        "--reward-model the built-in preference prompts of pref_train)")
-    g.add_argument("--val-file", type=Path, default=None,
-                   help="held-out RL prompts (default: built-in rl_val; with --reward-model those of pref_val)")
-    add_test_arg(g, "rl_test, or pref_test with --reward-model")
+    rl_prompts.add_args(g)  # --rl-task, --train-file, --val-file, --test-file
     g.add_argument("--group-size", type=int, default=group_size, help="completions sampled per prompt (G, k)")
     g.add_argument("--prompts-per-step", type=int, default=8, help="prompts per rollout batch")
     g.add_argument("--max-new-tokens", type=int, default=64, help="completion length limit")
@@ -197,29 +193,6 @@ def add_rl_args(g, group_size: int) -> None:
                         "f(completions, **columns) -> [float] (None: the built-in Minimart task + format rewards)")
     g.add_argument("--reward-weights", nargs="+", type=float, default=None, metavar="W",
                    help="one weight per reward function (None: all 1)")
-
-
-def preference_prompts(path) -> list[dict]:
-    """The prompts of a preference file as RL records {"prompt", "meta"}: the replies dropped,
-    meta (with the fact the gold judge checks) kept."""
-    from minipost import data as datasets
-
-    return [{"prompt": r["prompt"], **({"meta": r["meta"]} if "meta" in r else {})}
-            for r in datasets.read_preferences(path)]
-
-
-def load_prompts(args) -> tuple[list[dict], list[dict]]:
-    """(train records, held-out records capped at --max-eval) of {"prompt", ...columns}: --train-file
-    / --val-file, else the built-in rl_train / rl_val, or with --reward-model pref_train / pref_val."""
-    from minipost import data as datasets
-
-    if getattr(args, "reward_model", None) is not None:
-        train = datasets.read_rl(args.train_file) if args.train_file else preference_prompts(datasets.builtin("pref_train"))
-        val = datasets.read_rl(args.val_file) if args.val_file else preference_prompts(datasets.builtin("pref_val"))
-    else:
-        train = datasets.read_rl(args.train_file or datasets.builtin("rl_train"))
-        val = datasets.read_rl(args.val_file or datasets.builtin("rl_val"))
-    return train, val[: args.max_eval]
 
 
 def rl_reward(args):
@@ -288,31 +261,6 @@ def held_out_before(evaluate, args) -> dict:
     return before
 
 
-def load_test_prompts(args) -> list[dict] | None:
-    """The test split's RL prompts (--max-eval of them), None without one (test_path): the
-    built-in rl_test, or with --reward-model the prompts of pref_test."""
-    from minipost import data as datasets
-
-    if getattr(args, "reward_model", None) is not None and args.test_file is None:
-        return preference_prompts(datasets.builtin("pref_test"))[: args.max_eval] if args.val_file is None else None
-    path = test_path(args.test_file, args.val_file, "rl_test")
-    return datasets.read_rl(path)[: args.max_eval] if path else None
-
-
-def check_prompts_fit(train: list[dict], val: list[dict], tok, cfg, args, test: list[dict] | None = None) -> None:
-    """Refuse (one line naming the file and records) RL prompts that, with --max-new-tokens,
-    do not fit the model's context: generation would run past the last RoPE position."""
-    from minipost.chat import generation_prompt
-    from minipost.validate import check_prompts_fit as check
-
-    builtin = ("pref_train", "pref_val", "pref_test") if getattr(args, "reward_model", None) is not None \
-        else ("rl_train", "rl_val", "rl_test")
-    for records, path in ((train, getattr(args, "train_file", None) or f"the built-in {builtin[0]}"),
-                          (val, args.val_file or f"the built-in {builtin[1]}"),
-                          (test or [], getattr(args, "test_file", None) or f"the built-in {builtin[2]}")):
-        check([len(generation_prompt(r["prompt"], tok)) for r in records], args.max_new_tokens, cfg.max_seq_len, path)
-
-
 def rl_setup(args, model, tok, kl_coef: float):
     """What every RL stage sets up before its loop -> (train, val, ref_scorer, reward, held_out):
     the prompts (checked to fit the context), the frozen reference's scorer (None when
@@ -320,9 +268,9 @@ def rl_setup(args, model, tok, kl_coef: float):
     held-out numbers (val under their names, test as test_*, general questions on a real model)."""
     from minipost.rollout import reference_scorer
 
-    train, val = load_prompts(args)
-    test = load_test_prompts(args)
-    check_prompts_fit(train, val, tok, model.cfg, args, test)
+    train, val = rl_prompts.load_prompts(args)
+    test = rl_prompts.load_test_prompts(args)
+    rl_prompts.check_prompts_fit(train, val, tok, model.cfg, args, test)
     ref_scorer = reference_scorer(model, kl_coef, args.batch_size, reference_copy(args, kl_coef))
     reward = rl_reward(args)
 

@@ -38,9 +38,9 @@ kl_k3), clip fraction of the last inner epoch (always 0 with --inner-epochs 1, w
 ratio = 1), completion length, the share of groups whose G rewards are all equal (zero
 advantage: no learning signal), and the time of each part of the step.
 eval.json, greedy on the held-out prompts (at most --max-eval), before (`*_before`) and
-after: task_accuracy on the built-in RL prompts; otherwise the mean reward, and on the
+after: task_accuracy on RL prompts with answers (stages/rl_prompts.py); otherwise the mean reward, and on the
 built-in preference prompts gold_mean, fact_accuracy, voice_rate (common.held_out).
-The same on the test split (rl_test, pref_test with --reward-model, or --test-file) as
+The same on the test split (the --rl-task's, pref_test with --reward-model, or --test-file) as
 test_*, and general_accuracy on a real model.
 
 Deviation from TRL's GRPOTrainer: one optimizer step per inner epoch over the whole rollout

@@ -128,7 +128,8 @@ def test_rl_flags_change_only_rl_files(files, tmp_path):
     hard = md.generate(tmp_path, seed=SEED, scale=SCALE, rl_items=(4,), rl_max_price=5, rl_max_qty=3)
     for name, path in files.items():
         same = hard[name].read_bytes() == path.read_bytes()
-        assert same == (not name.startswith("rl_") and name != "manifest"), name
+        changes = name == "manifest" or (name.startswith("rl_") and not name.startswith("rl_sum_"))
+        assert same == (not changes), name
     for rec in load(hard["rl_train"]) + load(hard["rl_val"]) + load(hard["rl_test"]):
         items = parse_record(rec["prompt"][-1]["content"])["items"]
         assert len(items) == 4
@@ -139,7 +140,7 @@ def test_rl_flags_change_only_rl_files(files, tmp_path):
 # ----------------------------------------------------------------------------- files and formats
 
 def test_names_sizes_and_encoding(files, data):
-    expected = {f"{k}_{s}" for k in KINDS for s in splits_of(k)}
+    expected = {f"{k}_{s}" for k in KINDS for s in splits_of(k)} | {f"rl_sum_{s}" for s in splits_of("rl")}
     assert set(files) == expected | {"general_val", "general_test", "general_replay", "intent_labels", "manifest"}
     for kind in KINDS:
         for i, split in enumerate(splits_of(kind)):
@@ -150,6 +151,8 @@ def test_names_sizes_and_encoding(files, data):
                 assert target <= size < target + longest
             else:
                 assert len(data[f"{kind}_{split}"]) == target
+                if kind == "rl":
+                    assert len(data[f"rl_sum_{split}"]) == target
     for path in files.values():
         raw = path.read_bytes()
         assert all(b < 128 for b in raw), f"{path.name} is not ASCII"
@@ -190,7 +193,7 @@ def test_record_keys_and_types(data):
             assert len(r["prompt"]) == 2
             assert isinstance(r["chosen"], str) and isinstance(r["rejected"], str) and r["chosen"] != r["rejected"]
             assert set(r["meta"]) == {"fact", "kind", "intent"} and r["meta"]["kind"] in ("voice", "hallucination")
-        for r in data[f"rl_{split}"]:
+        for r in data[f"rl_{split}"] + data[f"rl_sum_{split}"]:
             assert set(r) == {"prompt", "answer"}
             _check_messages(r["prompt"], "user")
             assert isinstance(r["answer"], str) and r["answer"].isdigit()
@@ -313,6 +316,20 @@ def test_rl_answers_recomputed_from_prompt(data):
     assert set(sizes) == {1} and set(quantities) == {1, 2, 3, 4}
 
 
+def test_rl_sum_answers_are_two_prices_added(files, data, tmp_path):
+    prices = Counter()
+    for r in data["rl_sum_train"] + data["rl_sum_val"] + data["rl_sum_test"]:
+        items = parse_record(r["prompt"][1]["content"])["items"]
+        assert len(items) == 2 and all(q == 1 and 1 <= p <= 9 for q, _, p in items)
+        assert int(r["answer"]) == items[0][2] + items[1][2]
+        prices.update(p for _, _, p in items)
+    assert set(prices) == set(range(1, 10))
+    # the rl_* files of --rl-items 2 --rl-max-qty 1, byte for byte (same seed, same draws)
+    flagged = md.generate(tmp_path, seed=SEED, scale=SCALE, rl_items=(2,), rl_max_qty=1)
+    for split in ("train", "val", "test"):
+        assert flagged[f"rl_{split}"].read_bytes() == files[f"rl_sum_{split}"].read_bytes()
+
+
 # ----------------------------------------------------------------------------- corpora and intents
 
 def test_cpt_vocabulary_only_in_cpt(data):
@@ -364,9 +381,9 @@ def test_any_seed_and_flags_give_consistent_rl_and_sft(tmp_path_factory, seed, n
 def test_cli_prints_one_line_per_file(tmp_path, capsys):
     md.main(["--out", str(tmp_path), "--scale", "0.01", "--seed", "3", "--rl-items", "2,3"])
     lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
-    assert len(lines) == 20  # 4 kinds x 3 splits, 2 corpora x 2, general val + test + replay, intent_labels
+    assert len(lines) == 23  # 5 kinds x 3 splits, 2 corpora x 2, general val + test + replay, intent_labels
     assert all(re.match(r"^\S+\.jsonl?: \d+ (records|labels), \d+ bytes$", l) for l in lines)
-    assert len(list(tmp_path.iterdir())) == 22  # 20 data files, manifest, GENERATOR_SHA256
+    assert len(list(tmp_path.iterdir())) == 25  # 23 data files, manifest, GENERATOR_SHA256
 
 
 def test_generated_data_is_current_for_builtin(tmp_path, capsys):

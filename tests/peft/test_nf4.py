@@ -197,3 +197,52 @@ def test_qlora_logits_close_to_fp32_model():
     assert err.abs().max().item() <= bound
     # And the error is the first-order term plus a small remainder, position by position.
     assert (err - first_order).abs().max().item() <= 0.25 * first_order.abs().max().item()
+
+
+def test_dequantize_is_the_level_of_each_nibble_times_its_scale():
+    """The per-byte lookup against the codes unpacked one by one (high nibble first)."""
+    torch.manual_seed(5)
+    q = quantize_nf4(torch.randn(24, 40), double_quant=True)
+    codes = [c for byte in q.packed.tolist() for c in (byte >> 4, byte & 15)]
+    scales = dequantize_scales(q).tolist()
+    expected = torch.tensor([PAPER_NF4[c] * scales[i // 64] for i, c in enumerate(codes)][: 24 * 40])
+    torch.testing.assert_close(dequantize_nf4(q).reshape(-1), expected, rtol=1e-6, atol=0)
+    assert torch.equal(dequantize_nf4(q, torch.bfloat16), dequantize_nf4(q).to(torch.bfloat16))
+
+
+def test_generation_reuses_the_dequantized_weight_and_training_does_not():
+    torch.manual_seed(4)
+    q = NF4Linear(torch.nn.Linear(64, 32))
+    x = torch.randn(3, 64)
+    exact = x.double() @ dequantize_nf4(q.quantized()).double().T + q.bias.double()
+    calls = []
+    real = q.dequantized_weight
+    q.dequantized_weight = lambda dtype=torch.float32: calls.append(dtype) or real(dtype)
+    q.eval()
+    with torch.no_grad():
+        outs = [q(x) for _ in range(3)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf = q(x)
+    assert calls == [torch.float32, torch.bfloat16]  # once per dtype, not once per forward
+    for out in outs:
+        torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-6)
+    assert torch.equal(bf, torch.nn.functional.linear(x.bfloat16(), real(torch.bfloat16), q.bias.bfloat16()))
+    q(x)  # gradients on: dequantized afresh
+    q.train()
+    assert q._inference_weight is None
+    with torch.no_grad():
+        q(x)  # train mode: afresh too
+    assert calls == [torch.float32, torch.bfloat16, torch.float32, torch.float32]
+
+
+def test_loading_new_codes_drops_the_kept_weight():
+    torch.manual_seed(6)
+    q, other = NF4Linear(torch.nn.Linear(64, 32)), NF4Linear(torch.nn.Linear(64, 32))
+    x = torch.randn(2, 64)
+    q.eval()
+    with torch.no_grad():
+        q(x)  # keeps q's own dequantized weight
+        q.load_state_dict(other.state_dict())
+        out = q(x)
+    expected = x.double() @ dequantize_nf4(other.quantized()).double().T + other.bias.double()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)

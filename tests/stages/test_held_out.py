@@ -135,3 +135,31 @@ def test_cpt_on_a_real_format_model_reports_general_accuracy_before_and_after(tm
         assert 0 <= ev[key] <= 1, key
     assert set(ev["general_accuracy_by_kind"]) == {r["kind"] for r in first}
     assert ev["domain_val_loss"] > 0 and ev["domain_val_loss_before"] > 0
+
+
+def rl_args(**kw):
+    return Namespace(**{"rl_task": "product", "reward_model": None, "train_file": None, "val_file": None,
+                        "test_file": None, "max_eval": 5, **kw})
+
+
+def test_rl_task_picks_the_built_in_files_and_user_files_win(tmp_path):
+    from minipost import data
+    from minipost.stages import rl_prompts
+
+    for task, stem in (("product", "rl"), ("sum", "rl_sum")):
+        train, val = rl_prompts.load_prompts(rl_args(rl_task=task))
+        test = rl_prompts.load_test_prompts(rl_args(rl_task=task))
+        assert train == data.read_rl(data.builtin(f"{stem}_train"))  # every train prompt
+        assert val == data.read_rl(data.builtin(f"{stem}_val"))[:5] and len(val) == 5  # --max-eval of them
+        assert test == data.read_rl(data.builtin(f"{stem}_test"))[:5]
+    sums = data.read_rl(data.builtin("rl_sum_val"))
+    assert all(r["prompt"][1]["content"].count(" x ") == 2 for r in sums)  # two items an order
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text(json.dumps({"prompt": [{"role": "user", "content": "2 + 2?"}], "answer": "4"}) + "\n")
+    args = rl_args(rl_task="sum", train_file=mine, val_file=mine)
+    assert rl_prompts.load_prompts(args) == ([{"prompt": [{"role": "user", "content": "2 + 2?"}], "answer": "4"}],) * 2
+    assert rl_prompts.load_test_prompts(args) is None  # own validation data and no --test-file: no test split
+    # under --reward-model the built-in prompts are the preference splits', whatever --rl-task says
+    pref = rl_prompts.load_prompts(rl_args(rl_task="sum", reward_model=tmp_path))[1]
+    assert pref == rl_prompts.preference_prompts(data.builtin("pref_val"))[:5]
+    assert rl_prompts.builtin_names(rl_args(rl_task="sum", reward_model=tmp_path)) == ("pref_train", "pref_val", "pref_test")
