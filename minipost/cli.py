@@ -67,7 +67,9 @@ def build_parser(stage: str, recipe: str = recipes.NONE) -> argparse.ArgumentPar
     p = argparse.ArgumentParser(prog="train.py", description=f"minipost: {stage}: {STAGE_HELP[stage]}",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--stage", required=True, choices=list(STAGES), help="the stage to run")
-    p.add_argument("--out", type=Path, default=None, help="output directory (None: out/STAGE)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (None: out/STAGE; for --stage all the chain's root, None: out/, "
+                        "or out/RECIPE/ with --init)")
     p.add_argument("--init", type=Path, default=None,
                    help="checkpoint to start from (None: the previous stage's output); also smollm2, "
                         "FILE.gguf or a Hugging Face Llama directory")
@@ -137,7 +139,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     recipe = recipes.resolve(known.recipe, known.init or (OUT_ROOT / upstream if upstream else None))
     args = build_parser(known.stage, recipe).parse_args(argv)
     args.recipe = recipe  # the one that applied, for the stages that pass it on (--stage all)
-    if args.out is None:
+    if args.out is None and args.stage != "all":  # the workflow picks its own root (workflow.py)
         args.out = OUT_ROOT / args.stage
     if args.init is None and STAGES[args.stage][1] is not None:
         args.init = OUT_ROOT / STAGES[args.stage][1]

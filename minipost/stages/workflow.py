@@ -13,6 +13,7 @@ With --init (a real model: `--init smollm2`) there is nothing to pretrain: the c
 
 from that model, in out/RECIPE/ (out/smollm2/ for the smollm2 recipe, out/from-init/
 without one), so the built-in model's runs in out/ are neither skipped over nor replaced.
+--out ROOT puts the chain's stages in ROOT/STAGE instead.
 Each stage gets --recipe (minipost/recipes.py) and so the recipe's defaults.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run(args):
     if bad:
         raise SystemExit(f"train.py: error: unknown stage(s) in --stages: {bad}; choose from "
                          f"{[s for s in cli.STAGES if s != 'all']}")
-    root = cli.OUT_ROOT if args.init is None else cli.OUT_ROOT / (args.recipe if args.recipe != "none" else "from-init")
+    root = default_root(args) if args.out is None else Path(args.out)
     started = time.time()
     previous = None
     for stage in chain:
@@ -68,6 +69,13 @@ def run(args):
         path = write_report(root)
         print(f"[all] done in {time.time() - started:.0f}s; report: {path}")
     return {}
+
+
+def default_root(args) -> Path:
+    """out/ for the built-in chain; out/RECIPE/ (or out/from-init/) for a chain from --init."""
+    if args.init is None:
+        return cli.OUT_ROOT
+    return cli.OUT_ROOT / (args.recipe if args.recipe != "none" else "from-init")
 
 
 def peft_flags(args) -> list[str]:
