@@ -326,8 +326,7 @@ def test_rl_sum_answers_are_two_prices_added(files, data, tmp_path):
     assert set(prices) == set(range(1, 10))
     # the rl_* files of --rl-items 2 --rl-max-qty 1, byte for byte (same seed, same draws)
     flagged = md.generate(tmp_path, seed=SEED, scale=SCALE, rl_items=(2,), rl_max_qty=1)
-    for split in ("train", "val", "test"):
-        assert flagged[f"rl_{split}"].read_bytes() == files[f"rl_sum_{split}"].read_bytes()
+    assert all(flagged[f"rl_{s}"].read_bytes() == files[f"rl_sum_{s}"].read_bytes() for s in ("train", "val", "test"))
 
 
 # ----------------------------------------------------------------------------- corpora and intents
