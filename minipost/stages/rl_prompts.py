@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minipost.heldout import add_test_arg
+from minipost.heldout import add_test_arg, test_path
 
 BUILTIN_TASKS = {"product": "rl", "sum": "rl_sum"}  # --rl-task -> the built-in files' stem
 
@@ -70,11 +70,12 @@ def load_prompts(args) -> tuple[list[dict], list[dict]]:
 
 
 def load_test_prompts(args) -> list[dict] | None:
-    """The test split's prompts (--max-eval of them), or None: own validation data and no
-    --test-file give no test numbers (the rule of heldout.test_path)."""
-    if args.test_file is None and args.val_file is not None:
+    """The test split's prompts (--max-eval of them), or None when heldout.test_path gives no
+    test split (own validation data and no --test-file)."""
+    name = builtin_names(args)[2]
+    if test_path(args.test_file, args.val_file, name) is None:
         return None
-    return _read(args, args.test_file, builtin_names(args)[2])[: args.max_eval]
+    return _read(args, args.test_file, name)[: args.max_eval]
 
 
 def check_prompts_fit(train: list[dict], val: list[dict], tok, cfg, args, test: list[dict] | None = None) -> None:
