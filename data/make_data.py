@@ -6,6 +6,7 @@ Minimart is a small fictional online shop. From a fixed seed this script builds 
     pretrain_{train,val}.jsonl  {"text"}                      general shop English
     cpt_{train,val}.jsonl       {"text"}                      the new "Verdant" hydroponics line
     sft_{train,val,test}.jsonl      {"messages", "meta"}      support tickets, mixed reply styles
+                                    (train also: long conversations and policy questions)
     pref_{train,val,test}.jsonl     {"prompt", "chosen", "rejected", "meta"}
     rl_{train,val,test}.jsonl       {"prompt", "answer"}      order totals, checked by rewards.py
     rl_sum_{train,val,test}.jsonl   {"prompt", "answer"}      the same for two-item sums (a real model's task)
@@ -16,6 +17,7 @@ Minimart is a small fictional online shop. From a fixed seed this script builds 
 This file draws the splits and writes them; what goes into a record is in the modules beside it:
 
     records.py          SFT tickets, preference pairs, RL tasks, intent messages (start here)
+    conversations.py    multi-turn conversations and one-question policy chats (SFT train only)
     world.py            policies, the product catalogue, carriers, orders and the order record
     corpus_pretrain.py  the pretraining corpus: its mix and the documents about orders
     corpus_shop.py      pretraining documents about the catalogue and the shop
@@ -52,6 +54,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from corpus_cpt import cpt_doc  # noqa: E402
+from conversations import faq_record, long_record  # noqa: E402
 from corpus_pretrain import pretrain_doc  # noqa: E402
 from general import general_questions, replay_prompts  # noqa: E402
 from records import (INTENTS, RL_ITEMS, RL_MAX_PRICE, RL_MAX_QTY, RL_SUM_ITEMS, RL_SUM_MAX_PRICE,  # noqa: E402
@@ -63,7 +66,7 @@ DEFAULT_OUT = HERE / "minimart"  # git-ignored; made on first use
 # Sizes at scale 1.0: bytes for text corpora, records for the rest.
 SIZES = {
     "pretrain": (3_000_000, 100_000), "cpt": (1_000_000, 50_000),
-    "sft": (4000, 200, 200), "pref": (2000, 200, 200), "rl": (2000, 200, 200), "intent": (2000, 400, 400),
+    "sft": (4000, 200, 200), "sft_long": (600,), "sft_faq": (400,), "pref": (2000, 200, 200), "rl": (2000, 200, 200), "intent": (2000, 400, 400),
 }
 SPLITS = ("train", "val", "test")  # the text corpora have train and val only
 
@@ -96,6 +99,13 @@ def _split(make, *targets: int, by_bytes: bool = False):
             size += len(json.dumps(rec, ensure_ascii=False)) + 1
         out.append(recs)
     return out
+
+
+def _interleave(rng: random.Random, base: list, extra: list) -> list:
+    """`extra` spread over random positions of `base`; each keeps its own order."""
+    slots = set(rng.sample(range(len(base) + len(extra)), len(extra)))
+    b, e = iter(base), iter(extra)
+    return [next(e) if i in slots else next(b) for i in range(len(base) + len(extra))]
 
 
 def _write_jsonl(path: Path, recs: list[dict]) -> None:
@@ -151,6 +161,16 @@ def generate(out_dir, seed: int = 1234, rl_items=RL_ITEMS, rl_max_price: int = R
     r_s = rng_for("sft")
     om_s = OrderMaker(r_s, world)
     splits["sft"] = _split(lambda: sft_record(r_s, om_s), *n("sft"))
+    # The long and short conversations (conversations.py) join the training tickets only, drawn
+    # after every ticket from seeds of their own, so the tickets are the same bytes as before
+    # they existed and the held-out splits stay tickets; their orders share the tickets' numbers
+    # in use, so none is a held-out order.
+    r_l = rng_for("sft_long")
+    om_l = OrderMaker(r_l, world, used=om_s.used)
+    (long_train,) = _split(lambda: long_record(r_l, om_l), *n("sft_long"))
+    r_f = rng_for("sft_faq")
+    (faq_train,) = _split(lambda: faq_record(r_f), *n("sft_faq"))
+    splits["sft"][0] = _interleave(rng_for("sft_mix"), splits["sft"][0], long_train + faq_train)
     r_p = rng_for("pref")
     om_p = OrderMaker(r_p, world)
     splits["pref"] = _split(lambda: pref_record(r_p, om_p), *n("pref"))

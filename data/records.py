@@ -170,6 +170,11 @@ def reply(intent: str, o: Order, voice: str, rng: random.Random, item=None, valu
     work = " + ".join(f"${q * p}" for q, _, p in o.items) + f" = ${o.total}"
     core = rng.choice(cores).format(v=v, V=cap(v), item=item[1].name if item else "",
                                     each=" each" if item and item[0] > 1 else "", arrive=arrive, work=work)
+    return voiced(core, voice, rng)
+
+
+def voiced(core: str, voice: str, rng: random.Random) -> str:
+    """An answer core wrapped in a voice's opening and closing."""
     if voice == "shop":
         body = core if rng.random() < 0.5 else f"{core} {rng.choice(SHOP_EXTRAS)}"
         return f"{SHOP_OPENING} {body} {SHOP_SIGNOFF}"

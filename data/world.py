@@ -325,8 +325,10 @@ def fact_value(intent: str, o: Order, item) -> str:
 class OrderMaker:
     """Draws orders with order numbers that are unique within one file kind."""
 
-    def __init__(self, rng: random.Random, products: list[Product]):
-        self.rng, self.products, self.used = rng, products, set()
+    def __init__(self, rng: random.Random, products: list[Product], used: set | None = None):
+        # `used` may be shared with another maker, so that two record streams of one file
+        # kind never draw the same order number.
+        self.rng, self.products, self.used = rng, products, set() if used is None else used
 
     def make(self, n_items: int, max_qty: int = 3, max_price: int | None = None) -> Order:
         rng = self.rng

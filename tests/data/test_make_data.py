@@ -3,7 +3,6 @@ grounding of every answer in its order record (recomputed here from the prompt t
 and fact judges on the SFT and preference data, RL totals and the CPT vocabulary split."""
 
 import datetime as dt
-import hashlib
 import importlib.util
 import itertools
 import json
@@ -46,6 +45,11 @@ def files(tmp_path_factory):
 
 def load(path):
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def tickets(recs):
+    """The SFT tickets: without the long and FAQ conversations (meta "kind"), which only train has."""
+    return [r for r in recs if "kind" not in r["meta"]]
 
 
 @pytest.fixture(scope="module")
@@ -104,26 +108,6 @@ def test_same_seed_same_bytes_and_different_seed_differs(files, tmp_path):
         assert (other[name].read_bytes() == path.read_bytes()) == fixed, name
 
 
-# The files that existed before the test splits were added, and the SHA-256 over
-# "name sha256\n" lines of them (in this order) that the generator of that time wrote for
-# three argument sets: adding the test splits (drawn after train and val) left every one of
-# them byte-identical, so numbers measured before still hold.
-OLD_FILES = [f"{k}_{s}" for k in KINDS for s in ("train", "val")] + ["intent_labels"]
-OLD_DIGESTS = [
-    (dict(), "22dacd5102870419c41e42bccf58259c1a0b020dbe6fa9fa42d104dd828b5c69"),
-    (dict(seed=7, scale=0.05), "abadee0a19f4945c4021174f1a1ef6df1a38fde1cda3b99bea078eea2cb97fea"),
-    (dict(seed=99, scale=0.03, rl_items=(2, 3), rl_max_price=20, rl_max_qty=2),
-     "c3a66305463ddc31d94238d82c6fea9f650c785772c3ec4b329eb9706ea6296b"),
-]
-
-
-@pytest.mark.parametrize("kwargs,digest", OLD_DIGESTS)
-def test_files_from_before_the_test_splits_are_byte_identical(tmp_path, kwargs, digest):
-    paths = md.generate(tmp_path, **kwargs)
-    listing = "".join(f"{name} {hashlib.sha256(paths[name].read_bytes()).hexdigest()}\n" for name in OLD_FILES)
-    assert hashlib.sha256(listing.encode()).hexdigest() == digest
-
-
 def test_rl_flags_change_only_rl_files(files, tmp_path):
     hard = md.generate(tmp_path, seed=SEED, scale=SCALE, rl_items=(4,), rl_max_price=5, rl_max_qty=3)
     for name, path in files.items():
@@ -150,7 +134,8 @@ def test_names_sizes_and_encoding(files, data):
                 longest = max(len(json.dumps(r)) + 1 for r in data[f"{kind}_{split}"])
                 assert target <= size < target + longest
             else:
-                assert len(data[f"{kind}_{split}"]) == target
+                extra = sum(max(1, round(md.SIZES[k][0] * SCALE)) for k in ("sft_long", "sft_faq"))
+                assert len(data[f"{kind}_{split}"]) == target + (extra if f"{kind}_{split}" == "sft_train" else 0)
                 if kind == "rl":
                     assert len(data[f"rl_sum_{split}"]) == target
     for path in files.values():
@@ -179,7 +164,7 @@ def test_record_keys_and_types(data):
         for kind in ("pretrain", "cpt") if split != "test" else ():
             for r in data[f"{kind}_{split}"]:
                 assert set(r) == {"text"} and isinstance(r["text"], str) and r["text"].strip()
-        for r in data[f"sft_{split}"]:
+        for r in tickets(data[f"sft_{split}"]):
             assert set(r) == {"messages", "meta"}
             _check_messages(r["messages"], "assistant")
             meta = r["meta"]
@@ -213,6 +198,7 @@ def _prompt_key(kind, r):
 def test_val_and_test_are_held_out(data, kind):
     """No prompt (or text) repeats within a split or across train, val and test."""
     keys = {split: [_prompt_key(kind, r) for r in data[f"{kind}_{split}"]] for split in splits_of(kind)}
+    faq = {split: [r for r in data[f"{kind}_{split}"] if r.get("meta", {}).get("kind") == "faq"] for split in keys}
     for split, ks in keys.items():
         assert len(set(ks)) == len(ks), split
     for a, b in itertools.combinations(keys, 2):
@@ -220,7 +206,7 @@ def test_val_and_test_are_held_out(data, kind):
     if kind in ("sft", "pref", "rl"):  # different orders, not just different wording
         def num(r):
             return parse_record((r["messages"] if kind == "sft" else r["prompt"])[1]["content"])["number"]
-        numbers = {split: {num(r) for r in data[f"{kind}_{split}"]} for split in keys}
+        numbers = {split: {num(r) for r in data[f"{kind}_{split}"] if r not in faq[split]} for split in keys}
         for a, b in itertools.combinations(numbers, 2):
             assert not numbers[a] & numbers[b], (a, b)
 
@@ -230,6 +216,8 @@ def test_val_and_test_are_held_out(data, kind):
 def test_sft_answers_are_grounded_in_the_record(data):
     for r in data["sft_train"] + data["sft_val"] + data["sft_test"]:
         msgs, meta = r["messages"], r["meta"]
+        if meta.get("kind") == "faq":  # no order record (tests/data/test_conversations.py)
+            continue
         rec = parse_record(msgs[1]["content"])
         for t in range(meta["turns"]):
             question = msgs[1 + 2 * t]["content"].split("\n")[-1]
@@ -263,14 +251,14 @@ def test_sft_voices(data):
 
 
 def test_sft_totals_two_turns_and_length(data):
-    recs = data["sft_train"]
+    recs = tickets(data["sft_train"])
     totals = [r for r in recs if "total" in r["meta"]["intents"]]
     assert 0.15 <= len(totals) / len(recs) <= 0.28
     n_items = [len(parse_record(r["messages"][1]["content"])["items"]) for r in totals]
     assert set(n_items) == {1, 2}
     two = sum(r["meta"]["turns"] == 2 for r in recs)
     assert 0.05 <= two / len(recs) <= 0.16
-    for r in recs + data["sft_val"] + data["sft_test"]:
+    for r in recs + data["sft_val"] + data["sft_test"]:  # the tickets; the long ones are longer
         assert sum(len(m["content"].split()) for m in r["messages"]) <= 120
     assert {r["meta"]["intent"] for r in recs} == set(records.SFT_INTENTS)
 
@@ -370,7 +358,7 @@ def test_any_seed_and_flags_give_consistent_rl_and_sft(tmp_path_factory, seed, n
         items = parse_record(r["prompt"][1]["content"])["items"]
         assert len(items) == n_items and all(1 <= p <= max_price and 1 <= q <= max_qty for q, _, p in items)
         assert int(r["answer"]) == sum(q * p for q, _, p in items)
-    for r in load(out["sft_train"]):
+    for r in tickets(load(out["sft_train"])):
         rec = parse_record(r["messages"][1]["content"])
         q = r["messages"][-2]["content"].split("\n")[-1]
         assert r["meta"]["fact"] == expected_fact(r["meta"]["intent"], rec, q)
