@@ -1,10 +1,11 @@
 """Useful (non-pad) tokens per second: packed rows with document masks vs padded batches.
 
 Trains the default model for a few steps on the built-in SFT conversations both ways and
-prints a markdown table. Padding wastes the compute of every pad position; packing fills
-rows and keeps documents apart with the mask, so more of each step is real tokens.
+prints a markdown table, after the conversations' length histogram (data/README.md shows it).
+Padding wastes the compute of every pad position; packing fills rows and keeps documents
+apart with the mask, so more of each step is real tokens.
 
-    python bench/packing.py [--preset small] [--steps 20] [--batch-size 16]
+    python bench/packing.py [--preset small] [--steps 20] [--batch-size 16] [--seq-len 256]
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from minipost import data as datasets
 from minipost.config import preset
+from minipost.formats import sft_tokens
 from minipost.losses import sft_loss_sum
 from minipost.model import GPT
 from minipost.packing import pack, pad_batch
@@ -45,6 +47,34 @@ def measure(model, opt, rows, batch_size, steps, trim_pads):
     return useful / elapsed, useful / seen, elapsed / steps
 
 
+def length_histogram(records, tok, width: int = 100) -> None:
+    """Tokens per conversation (before any cut to --seq-len), in bins of `width`."""
+    lengths = sorted(len(sft_tokens(r, tok)[0]) for r in records)
+    print(f"{len(lengths)} conversations, {lengths[0]}-{lengths[-1]} tokens, "
+          f"median {lengths[len(lengths) // 2]}, mean {sum(lengths) / len(lengths):.0f}\n")
+    print("| tokens | conversations |")
+    print("|---|---|")
+    for lo in range(0, lengths[-1] + 1, width):
+        n = sum(lo <= n_tok < lo + width for n_tok in lengths)
+        print(f"| {lo}-{lo + width - 1} | {n} |")
+    print()
+
+
+def flex_attention_trains_here() -> str:
+    """FlexAttention with a block mask is the other way not to compute what the document mask
+    removes (whole masked tiles are skipped); can it train (forward + backward) on this CPU?"""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    doc = torch.arange(4).repeat_interleave(64)[None]  # four documents of 64 tokens
+    block = create_block_mask(lambda b, h, q, k: (k <= q) & (doc[b, q] == doc[b, k]), 1, None, 256, 256,
+                              device="cpu")
+    q = torch.randn(1, 2, 256, 32, requires_grad=True)
+    try:
+        flex_attention(q, q, q, block_mask=block).sum().backward()
+    except (NotImplementedError, RuntimeError) as e:
+        return f"no ({type(e).__name__}: {str(e).splitlines()[0]})"
+    return "yes: time it against the per-document path before choosing"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="small")
@@ -59,6 +89,7 @@ def main():
 
     tok = get_tokenizer(A)
     records = datasets.read_sft(datasets.builtin("sft_train"))
+    length_histogram(records, tok)
     docs = tokenize(records, tok, "prompt", args.seq_len, "bench")
     packed = pack(docs, args.seq_len, tok.pad_id)
     packed["real"] = packed.pop("doc_index") >= 0
@@ -77,6 +108,7 @@ def main():
         print(f"| {name} | {tps:,.0f} | {frac:.2f} | {sps:.2f} |")
     ratio = results["packed + document mask"][0] / results["padded to longest in batch"][0]
     print(f"\npacked / padded useful tokens per second: {ratio:.2f}x")
+    print(f"FlexAttention trains on this CPU: {flex_attention_trains_here()}")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ DEFAULT_OUT = HERE / "minimart"  # git-ignored; made on first use
 # Sizes at scale 1.0: bytes for text corpora, records for the rest.
 SIZES = {
     "pretrain": (3_000_000, 100_000), "cpt": (1_000_000, 50_000),
-    "sft": (4000, 200, 200), "sft_long": (600,), "sft_faq": (400,), "pref": (2000, 200, 200), "rl": (2000, 200, 200), "intent": (2000, 400, 400),
+    "sft": (4000, 200, 200), "pref": (2000, 200, 200), "rl": (2000, 200, 200), "intent": (2000, 400, 400),
+    "sft_long": (600,), "sft_faq": (400,),  # train only, mixed into sft_train (conversations.py)
 }
 SPLITS = ("train", "val", "test")  # the text corpora have train and val only
 
