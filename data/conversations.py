@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 
 from records import (INTENT_PREFIX, INTENT_SUFFIX, LEAD_INS, SFT_INTENTS, SYSTEM_PROMPT, VOICES, question, reply,
-                     voiced)
+                     style_of, voiced)
 from world import (FIRST_NAMES, FREE_SHIPPING_OVER, GIFT_WRAP_FEE, REFUND_DAYS, RETURN_DAYS, SHIPPING_FEE,
                    OrderMaker, fact_value)
 
@@ -62,8 +62,7 @@ def faq_record(rng: random.Random) -> dict:
     if prefix and not prefix.endswith((". ", ": ")):
         q = q[:1].lower() + q[1:]
     user = prefix + q + rng.choice(INTENT_SUFFIX).format(name=rng.choice(FIRST_NAMES))
-    style = "neutral" if voice in ("shop", "formal") else voice
-    answer = voiced(rng.choice(cores[style]).format(v=fact), voice, rng)
+    answer = voiced(rng.choice(cores[style_of(voice)]).format(v=fact), voice, rng)
     msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user},
             {"role": "assistant", "content": answer}]
     meta = {"intent": intent, "fact": fact, "voice": voice, "turns": 1, "intents": [intent], "facts": [fact],

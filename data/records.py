@@ -161,8 +161,7 @@ def reply(intent: str, o: Order, voice: str, rng: random.Random, item=None, valu
           allow_work: bool = True) -> str:
     """One support reply stating `value` (default: the true fact) in the given voice."""
     v = fact_value(intent, o, item) if value is None else value
-    style = "neutral" if voice in ("shop", "formal") else voice
-    cores = ANSWERS[intent][style]
+    cores = ANSWERS[intent][style_of(voice)]
     if not allow_work:
         cores = [c for c in cores if "{work}" not in c]
     arrive = {"delivered": "was delivered on", "delayed": "is now expected on"}.get(
@@ -171,6 +170,11 @@ def reply(intent: str, o: Order, voice: str, rng: random.Random, item=None, valu
     core = rng.choice(cores).format(v=v, V=cap(v), item=item[1].name if item else "",
                                     each=" each" if item and item[0] > 1 else "", arrive=arrive, work=work)
     return voiced(core, voice, rng)
+
+
+def style_of(voice: str) -> str:
+    """Which answer cores a voice draws from: the shop and formal voices share the neutral ones."""
+    return "neutral" if voice in ("shop", "formal") else voice
 
 
 def voiced(core: str, voice: str, rng: random.Random) -> str:
