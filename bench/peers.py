@@ -14,7 +14,10 @@ What is timed on the peer side (TRL's trainers are not run; their step computati
   sft:  padded: LlamaForCausalLM(input_ids, attention_mask, labels).loss + backward;
         padding-free: one packed row with restarted position_ids (TRL padding_free), loss.
   grpo: GRPOTrainer's _get_per_token_logps: forward with logits_to_keep = completion length
-        + 1, selective_log_softmax, the same for the reference, clipped loss with k3 KL.
+        + 1, selective_log_softmax, the same for the reference, clipped loss with k3 KL. The
+        batch is a GRPO batch: groups of 4 rows share their prompt (4 completions of it),
+        which minipost runs once per group and TRL once per row; grpo-distinct gives every
+        row its own prompt (the same work on both sides).
   generate: model.generate(greedy, 32 new tokens, KV cache) vs minipost.generate.
 minipost's steps are bench/steps.py. Ratio = minipost / peer time (below 1: minipost faster).
 
@@ -130,7 +133,7 @@ def main():
     p.add_argument("--shape", default="smollm2", choices=("smollm2", "builtin"))
     p.add_argument("--layers", type=int, default=None, help="fewer layers for a quicker run")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    p.add_argument("--rows", default="dpo-lora,dpo-full,sft,sft-padding-free,grpo,generate")
+    p.add_argument("--rows", default="dpo-lora,dpo-full,sft,sft-padding-free,grpo,grpo-distinct,generate")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--repeats", type=int, default=7)
@@ -149,7 +152,7 @@ def main():
     print("| step | minipost s (min / median) | peer s (min / median) | ratio (min) | ratio (median) |")
     print("|---|---|---|---|---|")
     for row in args.rows.split(","):
-        peft = "lora" if row in ("dpo-lora", "sft", "sft-padding-free", "grpo") else "none"
+        peft = "lora" if row in ("dpo-lora", "sft", "sft-padding-free", "grpo", "grpo-distinct") else "none"
         model, ref = build(cfg, peft)
         base = model if peft == "none" else build(cfg, "none")[0]
         hf = to_llama(base, cfg)
@@ -166,7 +169,7 @@ def main():
             peer_ref = (to_llama(ref, cfg).requires_grad_(False), contextlib.nullcontext)
         kind = row.split("-")[0]
         rows = args.batch * (2 if kind == "dpo" else 1)
-        ids, targets = batch(cfg, rows, args.seq)
+        ids, targets = batch(cfg, rows, args.seq, group_size=4 if row == "grpo" else 1)
         ours = lambda: STEPS[kind](model, ref, ids, targets)  # noqa: E731
         if row == "generate":
             model.eval(), hf.eval()

@@ -6,6 +6,7 @@ The second half of every row is scored (a prompt, then a completion of T/2 token
         forward over the same rows (adapters off for LoRA, a frozen copy when full), DPO loss.
   grpo: the policy-update part of a GRPO step: completion_logps over B rows (prompt T/2,
         completion T/2) + the clipped surrogate with a KL term to a no-grad reference pass.
+        completion_logps runs a prompt once for the rows that share it (batch(group_size=G)).
 Generation is timed separately (bench/throughput.py and bench/peers.py).
 """
 from __future__ import annotations
@@ -37,11 +38,13 @@ def build(cfg: GPTConfig, peft: str, seed: int = 0):
     return model, copy.deepcopy(model).requires_grad_(False)
 
 
-def batch(cfg, B, T, seed=0):
+def batch(cfg, B, T, seed=0, group_size=1):
     """-> ids [B, T], targets [B, T] scored on the second half only (a prompt, then the
-    completion or reply that SFT and DPO train on)."""
+    completion or reply that SFT and DPO train on). group_size G > 1: rows g*G ... g*G + G - 1
+    share their prompt half, as a GRPO batch's G completions of one prompt do."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
+    ids[:, : T // 2] = ids[::group_size, : T // 2].repeat_interleave(group_size, 0)[:B]
     targets = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
     targets[:, : T // 2] = -100
     return ids, targets

@@ -28,6 +28,38 @@ from minipost.attention import Documents, attention
 from minipost.config import GPTConfig
 
 
+class RMSNormFunction(torch.autograd.Function):
+    """y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row, and its gradient written out
+    (xhat = x * r, g = dy * w, d = the row's size):
+
+        dx = r * (g - xhat * mean(g * xhat)),      dw = sum over rows of dy * xhat
+
+    Autograd of the expression in RMSNorm.forward takes ~10 passes over the [tokens, d]
+    activations backward and 5 forward; this takes 6 and 3 (measured at SmolLM2's width,
+    4 x 256 tokens, forward + backward: 3.1 -> 2.0 ms). All math in x's dtype (float32);
+    y comes out in out_dtype (the autocast dtype: the matmuls after the norm cast to it anyway).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, eps, out_dtype):
+        r = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps))
+        y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+        torch.mul(x * r, weight, out=y)
+        ctx.save_for_backward(x, weight, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, r = ctx.saved_tensors
+        dy = dy.to(x.dtype)
+        xhat = x * r
+        dw = (dy * xhat).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
+        g = dy * weight
+        mean_g_xhat = (g * xhat).mean(-1, keepdim=True)
+        dx = g.addcmul_(xhat, mean_g_xhat, value=-1).mul_(r) if ctx.needs_input_grad[0] else None
+        return dx, dw, None, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -35,13 +67,16 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         # Under autocast the output feeds only matmuls, which would each cast it to bf16 again
         # (q, k, v and their LoRA branches: six casts of one tensor); cast it once here instead.
         # The bf16 values are the same, so are the results.
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        return (normed * self.weight.float()).to(dtype)
+        return RMSNormFunction.apply(x.float(), self.weight.float(), self.eps, dtype)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The formula as plain tensor ops (autograd's gradient): what RMSNormFunction is tested against."""
+        x32 = x.float()
+        return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -102,9 +102,14 @@ def assert_same_training(one: Path, two: Path, keys, init: Path, lr: float):
     """
     m1, m2 = metrics(one), metrics(two)
     assert [r["step"] for r in m1] == [r["step"] for r in m2] and len(m1) >= 2
+    compared = []
     for r1, r2 in zip(m1, m2):
         for k in keys:
+            if k == "rewards/accuracies" and max(abs(r1["rewards/margins"]), abs(r2["rewards/margins"])) < 1e-4:
+                continue  # policy = reference still (step 1): the rewards are rounding noise, their order too
             assert abs(r1[k] - r2[k]) <= 1e-5, (k, r1, r2)
+            compared.append(k)
+    assert "rewards/accuracies" not in keys or compared.count("rewards/accuracies") >= 2
     w1, w2, w0 = (load_file(checkpoint.checkpoint_dir(d) / "model.safetensors") for d in (one, two, init))
     assert w1.keys() == w2.keys()
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= lr / 50

@@ -48,6 +48,47 @@ def test_rmsnorm_matches_formula_float64():
     torch.testing.assert_close(norm(x).double(), expected, rtol=1e-5, atol=1e-6)
 
 
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 6), dim=st.integers(1, 40), eps=st.sampled_from([1e-6, 1e-5, 1e-2]),
+       scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**16))
+def test_rmsnorm_written_out_backward_equals_autograd_float64(rows, dim, eps, scale, seed):
+    """RMSNormFunction's forward and hand-written gradients (x and weight) against autograd
+    of x / sqrt(mean(x^2) + eps) * w, all in float64, over row sizes and input scales."""
+    from minipost.model import RMSNormFunction
+
+    g = torch.Generator().manual_seed(seed)
+    x = (scale * torch.randn(2, rows, dim, generator=g, dtype=torch.float64)).requires_grad_()
+    w = torch.randn(dim, generator=g, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, rows, dim, generator=g, dtype=torch.float64)
+    got = RMSNormFunction.apply(x, w, eps, torch.float64)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    (dx, dw), (dx_ref, dw_ref) = torch.autograd.grad(got, (x, w), dy), torch.autograd.grad(expected, (x, w), dy)
+    # dx is a difference of two terms of size r |dy w| that cancel (completely when dim = 1):
+    # the rounding is relative to them, not to dx
+    r = torch.rsqrt(x.detach().pow(2).mean(-1) + eps).max()
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-12 * float(r * (dy * w.detach()).abs().max()))
+    torch.testing.assert_close(dw, dw_ref, rtol=1e-10, atol=1e-12 * float(dy.abs().sum()))
+
+
+def test_rmsnorm_gradcheck_and_the_module_matches_its_reference():
+    from minipost.model import RMSNormFunction
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: RMSNormFunction.apply(x, w, 1e-5, torch.float64), (x, w))
+    norm = RMSNorm(6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(6, generator=g))
+    x32 = torch.randn(4, 6, generator=g, requires_grad=True)
+    got, expected = norm(x32), norm.reference(x32)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    pairs = zip(torch.autograd.grad(got.sum(), (x32, norm.weight)), torch.autograd.grad(expected.sum(), (x32, norm.weight)))
+    for a, b in pairs:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_rope_matches_explicit_rotation_float64():
     torch.manual_seed(0)
     B, H, T, D, theta = 2, 3, 7, 8, 10000.0

@@ -22,6 +22,19 @@ Merging, for inference: W0 <- W0 + (alpha / r) B A makes the layer a plain matmu
 only W0 x. Merging into an NF4 weight is refused: the sum would have to be re-quantized,
 which would throw away most of the (small) update.
 
+The fast path (`LoRAMatmul`, every layer without dropout, bias or NF4) writes the gradients
+out instead of leaving them to autograd, with s = scaling, u = x A^T [tokens, r]:
+
+    y  = x W0^T + s u B^T           dx = dy W0 + s (dy B) A
+    dA = s (dy B)^T x               dB = s dy^T u            (W0 gets none: it is frozen)
+
+so that each "+" is the accumulate of a matmul (addmm_) rather than a pass of its own over a
+[tokens, out] or [tokens, in] tensor: autograd's version adds the branch to the base output
+forward and the two parts of dx backward, and in bf16 on a CPU those adds cost as much as
+the skinny matmuls (measured on a bf16 [1024, 576] -> 1536 layer, forward + backward: 8.7 -> 4.9
+ms; a 1536 -> 576 layer 10.8 -> 5.0 ms). The plain expression below stays as the reference
+and serves the other layers; the two are tested equal in float64.
+
 Deviations: A is initialised like nn.Linear's weight (Kaiming-uniform, a = sqrt(5)), as in
 the authors' loralib and the PEFT library, where the paper says "random Gaussian"; both
 only need A != 0 and B = 0. Dropout on the LoRA branch's input (dropout(x) A^T B^T) follows
@@ -40,6 +53,37 @@ from minipost.peft.nf4 import NF4Linear
 from minipost.peft.settings import LORA_TARGETS, LoRASettings, clear, record
 
 D = LoRASettings  # the defaults
+
+
+class LoRAMatmul(torch.autograd.Function):
+    """y = x W0^T + s (x A^T) B^T with the backward of the module docstring. All inputs in
+    one dtype (the caller casts); A and B get their gradients back in their own dtype."""
+
+    @staticmethod
+    def forward(ctx, x, weight, lora_A, lora_B, scaling):
+        A, B = lora_A.to(x.dtype), lora_B.to(x.dtype)
+        x2 = x.reshape(-1, x.shape[-1])
+        u = x2 @ A.T  # [tokens, r]
+        # The base product as nn.Linear computes it, so that with B = 0 (a fresh adapter) the
+        # output is bit for bit the base model's (the DPO reference with adapters off).
+        y = F.linear(x, weight)
+        y.view(-1, weight.shape[0]).addmm_(u, B.T, alpha=scaling)
+        ctx.save_for_backward(x2, weight, A, B, u)
+        ctx.scaling, ctx.x_shape, ctx.dtypes = scaling, x.shape, (lora_A.dtype, lora_B.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight, A, B, u = ctx.saved_tensors
+        s = ctx.scaling
+        dy2 = dy.reshape(-1, weight.shape[0]).to(x2.dtype)
+        dyB = dy2 @ B  # [tokens, r]
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = (dy2 @ weight).addmm_(dyB, A, alpha=s).view(ctx.x_shape)
+        dA = (dyB.T @ x2).mul_(s).to(ctx.dtypes[0]) if ctx.needs_input_grad[2] else None
+        dB = (dy2.T @ u).mul_(s).to(ctx.dtypes[1]) if ctx.needs_input_grad[3] else None
+        return dx, None, dA, dB, None
 
 
 class LoRALinear(nn.Module):
@@ -88,7 +132,11 @@ class LoRALinear(nn.Module):
             from kernels.lora_matmul import lora_matmul
 
             return lora_matmul(x, self.base.weight, self.lora_A, self.lora_B, self.scaling)
-        # The reference path: also the fallback for what the fused kernel cannot do
+        if fusable:  # the matmuls run in the autocast dtype when autocast is on (bf16), as nn.Linear's
+            x = x.to(torch.get_autocast_dtype(x.device.type)) if torch.is_autocast_enabled(x.device.type) else x
+            weight = backend.frozen_weight(self.base.weight, x).to(x.dtype)
+            return LoRAMatmul.apply(x, weight, self.lora_A, self.lora_B, self.scaling)
+        # The reference expression: also the path for what LoRAMatmul does not do
         # (dropout on the branch input in training, an NF4 base, a bias).
         A, B = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
         # base + scaling * branch in one op (add's alpha): no separate scaled [tokens, out] tensor
