@@ -11,6 +11,8 @@ What is timed on the peer side (TRL's trainers are not run; their step computati
   dpo:  TRL DPOTrainer's concatenated forward (one forward of chosen + rejected rows, full
         logits), trl.trainer.utils.selective_log_softmax, masked sums, the same for the
         reference (no grad; PEFT's disable_adapter() for LoRA), the sigmoid DPO loss, backward.
+        A pair's rows share their first half (the prompt), which minipost runs once per pair
+        (in the built-in DPO data the prompt is 85% of a pair's tokens, so this is the lesser case).
   sft:  padded: LlamaForCausalLM(input_ids, attention_mask, labels).loss + backward;
         padding-free: one packed row with restarted position_ids (TRL padding_free), loss.
   grpo: GRPOTrainer's _get_per_token_logps: forward with logits_to_keep = completion length
@@ -169,7 +171,7 @@ def main():
             peer_ref = (to_llama(ref, cfg).requires_grad_(False), contextlib.nullcontext)
         kind = row.split("-")[0]
         rows = args.batch * (2 if kind == "dpo" else 1)
-        ids, targets = batch(cfg, rows, args.seq, group_size=4 if row == "grpo" else 1)
+        ids, targets = batch(cfg, rows, args.seq, group_size=4 if row == "grpo" else 1, pairs=kind == "dpo")
         ours = lambda: STEPS[kind](model, ref, ids, targets)  # noqa: E731
         if row == "generate":
             model.eval(), hf.eval()

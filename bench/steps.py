@@ -3,7 +3,8 @@
 The second half of every row is scored (a prompt, then a completion of T/2 tokens):
   sft:  one forward + backward over B x T tokens, cross-entropy on the scored half.
   dpo:  policy forward + backward over 2B rows (chosen, rejected), a no-grad reference
-        forward over the same rows (adapters off for LoRA, a frozen copy when full), DPO loss.
+        forward over the same rows (adapters off for LoRA, a frozen copy when full), DPO loss;
+        a pair's shared prompt runs once (logprobs.pair_sequence_logps, batch(pairs=True)).
   grpo: the policy-update part of a GRPO step: completion_logps over B rows (prompt T/2,
         completion T/2) + the clipped surrogate with a KL term to a no-grad reference pass.
         completion_logps runs a prompt once for the rows that share it (batch(group_size=G)).
@@ -17,7 +18,7 @@ import torch
 
 from minipost import backend
 from minipost.config import GPTConfig
-from minipost.logprobs import model_sequence_logps, scored_logits
+from minipost.logprobs import pair_sequence_logps, scored_logits
 from minipost.losses import dpo_loss, grpo_loss, sft_loss_sum
 from minipost.model import GPT
 from minipost.peft import apply_peft, disable_adapters
@@ -38,13 +39,16 @@ def build(cfg: GPTConfig, peft: str, seed: int = 0):
     return model, copy.deepcopy(model).requires_grad_(False)
 
 
-def batch(cfg, B, T, seed=0, group_size=1):
+def batch(cfg, B, T, seed=0, group_size=1, pairs=False):
     """-> ids [B, T], targets [B, T] scored on the second half only (a prompt, then the
     completion or reply that SFT and DPO train on). group_size G > 1: rows g*G ... g*G + G - 1
-    share their prompt half, as a GRPO batch's G completions of one prompt do."""
+    share their prompt half, as a GRPO batch's G completions of one prompt do. pairs: rows i
+    and i + B/2 share it, as a DPO batch's chosen and rejected reply to one prompt do."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
     ids[:, : T // 2] = ids[::group_size, : T // 2].repeat_interleave(group_size, 0)[:B]
+    if pairs:
+        ids[B // 2:, : T // 2] = ids[: B // 2, : T // 2]
     targets = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
     targets[:, : T // 2] = -100
     return ids, targets
@@ -65,7 +69,7 @@ def sft_step(model, ref, ids, targets):
 
 
 def dpo_step(model, ref, ids, targets):
-    both = lambda m: model_sequence_logps(m, ids, targets)  # noqa: E731  rows: chosen half, rejected half
+    both = lambda m: pair_sequence_logps(m, ids, targets)  # noqa: E731  rows: chosen half, rejected half
     policy = both(model)
     reference = ref_logps(model, ref, both)
     half = ids.shape[0] // 2

@@ -74,15 +74,16 @@ def breakdown(model, cfg, ids, targets, opt, total: float, repeats: int) -> dict
     block = model.layers[0]
     linears = [block.attn.q_proj, block.attn.k_proj, block.attn.v_proj, block.attn.o_proj,
                block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj]
-    xs = {m: torch.randn(B, T, m.base.in_features if hasattr(m, "base") else m.in_features,
-                         requires_grad=True) for m in linears}
+    dtype = backend.autocast_dtype(model.base_params) or torch.float32
+    # inputs in the dtype the model hands its linear layers (a norm's output is already bf16)
+    xs = {m: torch.randn(B, T, m.base.in_features if hasattr(m, "base") else m.in_features).to(dtype).requires_grad_()
+          for m in linears}
 
     def layer_linears():
         with backend.autocast(device, model.base_params):
             for m, x in xs.items():
                 m(x).float().sum().backward()
 
-    dtype = backend.autocast_dtype(model.base_params) or torch.float32
     qkv = [torch.randn(B, h, T, cfg.head_dim).to(dtype).requires_grad_() for h in (cfg.n_head, cfg.n_kv_head, cfg.n_kv_head)]
 
     def layer_attention():

@@ -28,8 +28,8 @@ causal attention. Documents are gathered into batches of equal padded width (a m
 SEGMENT_WIDTH; the padding sits after each document, where the causal rule hides it from
 the real queries) and each batch runs causal attention, so the scores between documents, which
 the mask would throw away, are never computed. The result equals the masked path (tested).
-Short rows in bf16 on a CPU skip SDPA for the written-out formula (causal_attention: the
-fused CPU kernel measured 2-4x slower there).
+Short rows in bf16 on a CPU skip SDPA for the written-out formula (explicit_attention: the
+fused CPU kernel measured 2-4x slower there), masked or not.
 A decode step of a row without padding (one query, every key in its document) needs no
 mask at all and calls SDPA without one.
 Grouped-query attention passes the kv heads to SDPA as they are (enable_gqa) instead of
@@ -101,6 +101,14 @@ class Documents:
             self._masks[key] = base
         return self._masks[key]
 
+    def bias(self, q: torch.Tensor, tk: int, n_prefix: int, h_kv: int) -> torch.Tensor:
+        """explicit_attention's bias for this mask, laid out for queries q [B, H, Tq, D] and
+        h_kv kv heads ([B * h_kv, group * Tq, Tk]); built once, not in every layer."""
+        key = (q.shape[2], tk, n_prefix, q.dtype, q.shape[1], h_kv)
+        if key not in self._masks:
+            self._masks[key] = head_layout(as_bias(self.mask(q.shape[2], tk, n_prefix)[:, 0], q.dtype), q, h_kv)
+        return self._masks[key]
+
     def one_document(self) -> bool:
         """True when every key is in its row's queries' document (an unpadded prompt and its
         decoded tokens): a single query then sees every key, so a decode step needs no mask."""
@@ -138,25 +146,54 @@ def _segments(doc: torch.Tensor):
     return groups
 
 
-def causal_attention(q, k, v, scale):
-    """Causal attention of q [B, H, T, D] on k, v [B, H_kv, T, D]: SDPA, or on a CPU in bf16
-    with at most EXPLICIT_MAX_KEYS keys the formula written out, as eager attention under
-    autocast computes it: bf16 scores and probabilities, the softmax accumulated in float32.
-    The scale and the causal mask (an additive 0 / -inf bias) go into the scores' matmul
-    (baddbmm: bias + scale * q k^T in one pass), not two more passes over the [T, T] scores
-    forward and two backward: 12 -> 7 ms a layer at SmolLM2's heads, 4 x 256."""
-    B, H, T, D = q.shape
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or T > EXPLICIT_MAX_KEYS:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-    h_kv = k.shape[1]
-    group = H // h_kv  # query heads group*j ... group*j + group - 1 read kv head j
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-    bias = torch.zeros(T, T, dtype=q.dtype, device=q.device).masked_fill_(future, float("-inf"))
-    # A group's queries in one matmul: rows g*T ... g*T + T - 1 are query head g of the group.
-    scores = torch.baddbmm(bias.repeat(group, 1), q.reshape(B * h_kv, group * T, D),
-                           k.reshape(B * h_kv, T, D).transpose(1, 2), alpha=scale)
+def explicit_is_faster(q, tk: int) -> bool:
+    """Whether attention with tk keys should take the formula written out (explicit_attention)
+    instead of SDPA: bf16 on a CPU with at most EXPLICIT_MAX_KEYS keys."""
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and tk <= EXPLICIT_MAX_KEYS
+
+
+def explicit_attention(q, k, v, scale, bias):
+    """softmax(q k^T * scale + bias) v written out, as eager attention under autocast computes
+    it: bf16 scores and probabilities, the softmax accumulated in float32. q [B, H, Tq, D];
+    k, v [B, H_kv, Tk, D]; bias: 0 where visible, -inf where not, [Tq, Tk] (the same for every
+    row) or [B, Tq, Tk], or already in head_layout. The scale and the bias go into the scores' matmul (baddbmm: bias +
+    scale * q k^T in one pass), not two more passes over the scores forward and two backward:
+    causal, 12 -> 7 ms a layer at SmolLM2's heads, 4 x 256."""
+    B, H, Tq, D = q.shape
+    h_kv, Tk = k.shape[1], k.shape[2]
+    if not (bias.dim() == 3 and bias.shape[:2] == (B * h_kv, (H // h_kv) * Tq)):
+        bias = head_layout(bias, q, h_kv)
+    # A group's queries in one matmul: rows g*Tq ... g*Tq + Tq - 1 are query head g of the group.
+    scores = torch.baddbmm(bias, q.reshape(B * h_kv, (H // h_kv) * Tq, D), k.reshape(B * h_kv, Tk, D).transpose(1, 2),
+                           alpha=scale)
     probs = torch.softmax(scores, dim=-1)  # float32 inside the kernel, bf16 out
-    return (probs @ v.reshape(B * h_kv, T, D)).view(B, H, T, D)
+    return (probs @ v.reshape(B * h_kv, Tk, D)).view(B, H, Tq, D)
+
+
+def head_layout(bias: torch.Tensor, q: torch.Tensor, h_kv: int) -> torch.Tensor:
+    """bias [Tq, Tk] or [B, Tq, Tk] -> the layout of explicit_attention's scores: [group * Tq, Tk]
+    (broadcast over rows and kv heads), or [B * h_kv, group * Tq, Tk]; query head g of a kv
+    head's group owns rows g * Tq ... g * Tq + Tq - 1 (group = H // h_kv)."""
+    B, H, Tq, _ = q.shape
+    group = H // h_kv  # query heads group*j ... group*j + group - 1 read kv head j
+    if bias.dim() == 2:
+        return bias.repeat(group, 1)
+    return bias[:, None, None].expand(B, h_kv, group, Tq, bias.shape[-1]).reshape(B * h_kv, group * Tq, -1)
+
+
+def as_bias(visible: torch.Tensor, dtype) -> torch.Tensor:
+    """Boolean visibility -> an additive bias: 0 where visible, -inf where not."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
+
+
+def causal_attention(q, k, v, scale):
+    """Causal attention of q [B, H, T, D] on k, v [B, H_kv, T, D]: explicit_attention where
+    that is faster (explicit_is_faster), SDPA elsewhere."""
+    T = q.shape[2]
+    if not explicit_is_faster(q, T):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    return explicit_attention(q, k, v, scale, as_bias(causal, q.dtype))
 
 
 def _attention_by_document(q, k, v, groups, scale):
@@ -219,5 +256,7 @@ def attention(
     if tq == 1 and n_global == 0 and documents.one_document():  # a decode step of an unpadded row
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
     mask = documents.mask(tq, tk, n_prefix)
+    if explicit_is_faster(q, tk):  # e.g. the replies of a shared prompt, against its cached keys
+        return explicit_attention(q, k, v, scale, documents.bias(q, tk, n_prefix, k.shape[1]))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 

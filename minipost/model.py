@@ -71,12 +71,13 @@ class RMSNorm(nn.Module):
         # (q, k, v and their LoRA branches: six casts of one tensor); cast it once here instead.
         # The bf16 values are the same, so are the results.
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        return RMSNormFunction.apply(x.float(), self.weight.float(), self.eps, dtype)
+        math_dtype = torch.promote_types(x.dtype, torch.float32)  # float32 at least (float64 stays, for tests)
+        return RMSNormFunction.apply(x.to(math_dtype), self.weight.to(math_dtype), self.eps, dtype)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The formula as plain tensor ops (autograd's gradient): what RMSNormFunction is tested against."""
-        x32 = x.float()
-        return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(x.dtype)
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +95,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [B, H, T, D] rotated by position (float32 math, result in x's dtype)."""
-    x32 = x.float()
+    x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # float64 stays float64 (tests)
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 
@@ -237,7 +238,8 @@ class GPT(nn.Module):
         precision: under bf16 the largest matmul of a real model)."""
         with backend.autocast(hidden.device, self.base_params):
             weight = backend.frozen_weight(self.lm_head.weight, hidden)  # cast once when frozen
-            return F.linear(hidden, weight, self.lm_head.bias).float()
+            logits = F.linear(hidden, weight, self.lm_head.bias)
+            return logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays (tests)
 
     def hidden_states(
         self,

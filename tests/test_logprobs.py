@@ -164,3 +164,66 @@ def test_scored_logits_and_hidden_states():
     assert picked.tolist() == [[4, 9, 11]]
     expected = torch.stack([logits[0, 2], logits[0, 5], logits[1, 6]])[None]
     assert torch.allclose(picked_logits, expected, rtol=1e-12, atol=1e-12)
+
+
+def pair_rows(pairs, pad=0):
+    """[(prompt, chosen, rejected)] token lists -> input_ids, targets [2B, W] as pair_batch
+    lays them out (chosen rows, then rejected rows; right-padded; scored on the reply)."""
+    rows = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
+    W = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), W), pad)
+    targets = torch.full((len(rows), W), -100)
+    for i, (p, c) in enumerate(rows):
+        seq = p + c
+        ids[i, :len(seq)] = torch.tensor(seq)
+        for t in range(len(p) - 1, len(seq) - 1):
+            targets[i, t] = seq[t + 1]
+        targets[i, len(seq) - 1] = 7  # the final <|end|>-like target, as render_completion scores
+    return ids, targets
+
+
+@settings(max_examples=20, deadline=None)
+@given(spec=st.lists(st.tuples(st.integers(1, 6), st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=3),
+       seed=st.integers(0, 2**16), reduction=st.sampled_from(["sum", "mean"]), peft=st.sampled_from(["none", "lora"]))
+def test_pair_logps_with_the_prompt_run_once_equal_the_plain_pass(spec, seed, reduction, peft):
+    """pair_sequence_logps against model_sequence_logps over all 2B rows (float64): values and
+    gradients, for prompts of 1-6 tokens and replies of 0-5 (a reply may be empty, the two
+    replies may be equal or begin alike, so the shared prefix runs past the prompt)."""
+    from minipost.logprobs import model_sequence_logps, pair_sequence_logps
+    from minipost.peft import apply_peft
+
+    g = torch.Generator().manual_seed(seed)
+    tokens = lambda n: torch.randint(1, 4, (n,), generator=g).tolist()  # noqa: E731  few ids: replies often share a start
+    pairs = [(tokens(p), tokens(c), tokens(r)) for p, c, r in spec]
+    ids, targets = pair_rows(pairs)
+    model = tiny_gpt()
+    if peft == "lora":
+        model = apply_peft(model, "lora", r=2, alpha=4)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.1, generator=g)
+    params = [p for p in model.parameters() if p.requires_grad]
+    plain = model_sequence_logps(model, ids, targets, reduction)
+    shared = pair_sequence_logps(model, ids, targets, reduction)
+    torch.testing.assert_close(shared, plain, rtol=1e-10, atol=1e-10)
+    weights = torch.randn(plain.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((shared * weights).sum(), params), torch.autograd.grad((plain * weights).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_pair_logps_shared_prompt_with_prefix_and_prompt_tuning(method):
+    """Prefix-tuning keys and prompt-tuning virtual tokens are seen by every position in both
+    passes, as in the plain one."""
+    from minipost.logprobs import model_sequence_logps, pair_sequence_logps
+    from minipost.peft import apply_peft
+
+    model = apply_peft(tiny_gpt(), method, n_virtual=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(generator=torch.Generator().manual_seed(5))
+    ids, targets = pair_rows([([1, 2, 3, 4], [5, 6], [5, 8, 9]), ([2, 2], [9], [3, 3, 3, 3])])
+    torch.testing.assert_close(pair_sequence_logps(model, ids, targets), model_sequence_logps(model, ids, targets),
+                               rtol=1e-10, atol=1e-10)

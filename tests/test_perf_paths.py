@@ -270,6 +270,42 @@ def test_bf16_causal_attention_matches_float64_formula(monkeypatch, explicit):
         assert (a.double() - b).norm() <= 3 * u * b.norm()
 
 
+@pytest.mark.parametrize("explicit", [True, False])
+def test_bf16_masked_attention_against_cached_keys_matches_float64_formula(monkeypatch, explicit):
+    """Queries after cached keys with a document mask (the replies of a shared prompt: each
+    row sees its own prompt keys, not the ones marked as another document) take the formula
+    written out in bf16 on a CPU (explicit_attention with the mask as a bias), SDPA with the
+    boolean mask otherwise; both against the float64 formula, with the bounds (and reasons)
+    of the causal test above."""
+    if not explicit:
+        monkeypatch.setattr(attention_module, "EXPLICIT_MAX_KEYS", 0)
+    g = torch.Generator().manual_seed(4)
+    B, H, H_kv, Tq, Tk, D = 3, 6, 2, 9, 25, 16
+    q = torch.randn(B, H, Tq, D, generator=g).bfloat16().requires_grad_()
+    k, v = (torch.randn(B, H_kv, Tk, D, generator=g).bfloat16().requires_grad_() for _ in range(2))
+    k_doc = torch.ones(B, Tk, dtype=torch.long)
+    k_doc[0, 10:16] = 2  # row 0's cached keys 10..15 belong to another document
+    k_doc[2, :3] = 0
+    q_doc = torch.ones(B, Tq, dtype=torch.long)
+    got = attention(q, k, v, q_doc=q_doc, k_doc=k_doc)
+    assert got.dtype == torch.bfloat16
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    scores = q64 @ k64.repeat_interleave(H // H_kv, 1).transpose(-1, -2) / D ** 0.5
+    visible = torch.zeros(B, 1, Tq, Tk, dtype=torch.bool)
+    for b in range(B):
+        for i in range(Tq):
+            for j in range(Tk):
+                visible[b, 0, i, j] = j <= Tk - Tq + i and bool(k_doc[b, j] == q_doc[b, i])
+    expected = torch.softmax(scores.masked_fill(~visible, float("-inf")), -1) @ v64.repeat_interleave(H // H_kv, 1)
+    u = 2.0 ** -8
+    assert (got.double() - expected).abs().max() <= 2 * u * v64.abs().max()
+    weights = torch.randn(got.shape, generator=g)
+    grads = torch.autograd.grad((got.float() * weights).sum(), (q, k, v))
+    grads_ref = torch.autograd.grad((expected * weights.double()).sum(), (q64, k64, v64))
+    for a, b in zip(grads, grads_ref):
+        assert (a.double() - b).norm() <= 3 * u * b.norm()
+
+
 def test_freed_large_blocks_are_reused_not_faulted_in_again():
     """backend.reuse_freed_memory: a 64 MB malloc block, written and freed, is served again
     from the heap: the next four rounds fault no page in (glibc's default mmaps and unmaps

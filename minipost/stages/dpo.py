@@ -53,7 +53,7 @@ from minipost import checkpoint
 from minipost import data as datasets
 from minipost import distributed, validate
 from minipost.evaluate import reply_metrics
-from minipost.logprobs import model_sequence_logps
+from minipost.logprobs import pair_sequence_logps
 from minipost.losses import IGNORE_INDEX, dpo_loss
 from minipost.losses.dpo import LOSS_TYPES, check_settings, rpo_nll
 from minipost.data import tokenize_pairs
@@ -90,12 +90,13 @@ def add_args(p, stage):
 # --- log-probs of pairs ---------------------------------------------------------------------
 
 def concatenated_logps(model, batch: dict, reduction: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward over the stacked rows of pair_batch -> (chosen logps [B], rejected logps [B]).
+    """The stacked rows of pair_batch -> (chosen logps [B], rejected logps [B]).
 
     Right padding needs no mask: under causal attention a real token never sees the pads
-    after it, so each row scores exactly as it would alone.
+    after it, so each row scores exactly as it would alone. A pair's prompt runs once for
+    both of its rows (logprobs.pair_sequence_logps: the same numbers).
     """
-    logps = model_sequence_logps(model, batch["input_ids"], batch["targets"], reduction)
+    logps = pair_sequence_logps(model, batch["input_ids"], batch["targets"], reduction)
     half = logps.shape[0] // 2
     return logps[:half], logps[half:]
 
