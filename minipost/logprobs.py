@@ -96,55 +96,65 @@ def model_sequence_logps(model, input_ids: torch.Tensor, targets: torch.Tensor, 
     return _reduce(logps, active, reduction)
 
 
-def pair_sequence_logps(model, input_ids: torch.Tensor, targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """model_sequence_logps of a preference batch whose rows i and i + B (chosen and rejected of
-    pair i, packing.pair_batch) begin with the same prompt, running each prompt once.
+def pair_hidden_states(model, input_ids: torch.Tensor, length: torch.Tensor):
+    """The final hidden states of a preference batch whose rows i and i + B (chosen and
+    rejected of pair i, packing.pair_batch) begin with the same prompt, each prompt run once.
+    length [2B]: the positions that matter in each row (those before it).
+
+    -> (states [M, d_model], index [2B, W]): row j's state at position t < length[j] is
+       states[index[j, t]]; None when no pair shares a first token (then run the plain pass).
 
     A pair's two rows agree on their first P_i tokens (the prompt: 85% of the built-in DPO
     data's tokens), and under causal attention the hidden states there are the same in both
     rows. So, as rollout.completion_logps does for the G completions of a GRPO prompt, the B
     shared prefixes run once with a KV cache (right-padded to the longest; the tokens after
-    P_i are a document of their own, which the rest never sees), each row's remainder runs
-    against its pair's copy of the cache at positions P_i, P_i + 1, ..., and every scored
-    position takes its hidden state from whichever pass computed it. The result equals the
+    P_i are a document of their own, which the rest never sees), and each row's remainder runs
+    against its pair's copy of the cache at positions P_i, P_i + 1, ... The states equal the
     plain pass over all 2B rows (tested); gradients reach the shared prompt from both rows.
     """
     N, W = input_ids.shape
     B = N // 2
     if N != 2 * B or B == 0:
-        raise ValueError(f"pair_sequence_logps needs 2B rows (B chosen, then B rejected), got {N}")
-    active = targets != IGNORE_INDEX
-    # The positions that matter end at a row's last scored one: later ones cannot change it.
-    length = torch.where(active, torch.arange(W, device=targets.device) + 1, 0).amax(1)  # [2B]
+        raise ValueError(f"a pair batch has 2B rows (B chosen, then B rejected), got {N}")
     same = (input_ids[:B] == input_ids[B:]).long().cumprod(1).sum(1)  # common prefix length [B]
     shared = torch.minimum(same, torch.minimum(length[:B], length[B:]))  # P_i
-    if int(shared.max()) == 0:  # nothing shared: the plain pass
-        return model_sequence_logps(model, input_ids, targets, reduction)
+    if int(shared.max()) == 0:
+        return None
     P = int(shared.max())
-    columns = torch.arange(P, device=input_ids.device)
+    arange = lambda n: torch.arange(n, device=input_ids.device)  # noqa: E731
     # Document 1: the shared prompt; 2: the chosen row's tokens past it (seen by no other row).
-    prompt_doc = torch.where(columns < shared[:, None], 1, 2)
+    prompt_doc = torch.where(arange(P) < shared[:, None], 1, 2)
     cache = KVCache(len(model.layers))
-    prompt_hidden = model.hidden_states(input_ids[:B, :P], doc_ids=prompt_doc,
-                                        position_ids=columns.expand(B, P), kv_cache=cache)  # [B, P, d]
-    pair = torch.arange(N, device=input_ids.device) % B
+    prompt_states = model.hidden_states(input_ids[:B, :P], doc_ids=prompt_doc, position_ids=arange(P).expand(B, P),
+                                        kv_cache=cache)  # [B, P, d]
+    pair = arange(N) % B
     start = shared[pair]  # [2B] where each row's own part begins
     C = max(int((length - start).max()), 1)
-    positions = start[:, None] + torch.arange(C, device=input_ids.device)  # [2B, C]
+    positions = start[:, None] + arange(C)  # [2B, C]
     rest_ids = input_ids.gather(1, positions.clamp(max=W - 1))
     # Each row gets its pair's copy of the cached prompt (index_select: deterministic backward).
     cache.k = [k.index_select(0, pair) for k in cache.k]
     cache.v = [v.index_select(0, pair) for v in cache.v]
     cache.doc_ids = cache.doc_ids.index_select(0, pair)
-    rest_hidden = model.hidden_states(rest_ids, doc_ids=torch.ones_like(rest_ids), position_ids=positions,
+    rest_states = model.hidden_states(rest_ids, doc_ids=torch.ones_like(rest_ids), position_ids=positions,
                                       kv_cache=cache)  # [2B, C, d]
     # Row j's position t: the prompt pass's [pair, t] if t < P_i, else the row's own [j, t - P_i].
-    t = torch.arange(W, device=input_ids.device).expand(N, W)
-    row = torch.arange(N, device=input_ids.device)[:, None]
-    flat = torch.where(t < start[:, None], pair[:, None] * P + t.clamp(max=P - 1),
-                       B * P + row * C + (t - start[:, None]).clamp(0, C - 1))
-    hidden = torch.cat([prompt_hidden.reshape(B * P, -1), rest_hidden.reshape(N * C, -1)])
-    logits = model.logits(hidden.index_select(0, flat[active]))
+    t, start = arange(W).expand(N, W), start[:, None]
+    index = torch.where(t < start, pair[:, None] * P + t.clamp(max=P - 1),
+                        B * P + arange(N)[:, None] * C + (t - start).clamp(0, C - 1))
+    return torch.cat([prompt_states.reshape(B * P, -1), rest_states.reshape(N * C, -1)]), index
+
+
+def pair_sequence_logps(model, input_ids: torch.Tensor, targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """model_sequence_logps of a pair batch (pair_hidden_states: each shared prompt runs once)."""
+    active = targets != IGNORE_INDEX
+    # The positions that matter end at a row's last scored one: later ones cannot change it.
+    length = torch.where(active, torch.arange(targets.shape[1], device=targets.device) + 1, 0).amax(1)
+    shared = pair_hidden_states(model, input_ids, length)
+    if shared is None:
+        return model_sequence_logps(model, input_ids, targets, reduction)
+    states, index = shared
+    logits = model.logits(states.index_select(0, index[active]))
     logps = torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device)
     logps[active] = token_logps(logits[None], targets[active][None])[0]
     return _reduce(logps, active, reduction)

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from minipost import checkpoint
+from minipost.logprobs import pair_hidden_states
 
 
 class ValueHead(nn.Module):
@@ -98,6 +99,13 @@ class RewardModel(nn.Module):
         w = model.tok_emb.weight
         self.head = (head if head is not None else ValueHead(model.cfg.d_model)).to(w.device)
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.hidden_states(input_ids)
-        return self.head.score_last(hidden, lengths=lengths)
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor, pairs: bool = False) -> torch.Tensor:
+        """pairs: the rows are a pair batch (chosen rows, then rejected rows of the same
+        prompts), whose shared prompts run once (logprobs.pair_hidden_states; same rewards)."""
+        lengths = torch.as_tensor(lengths, device=input_ids.device)
+        shared = pair_hidden_states(self.model, input_ids, lengths) if pairs else None
+        if shared is None:
+            return self.head.score_last(self.model.hidden_states(input_ids), lengths=lengths)
+        states, index = shared
+        last = index.gather(1, last_index(input_ids.shape, lengths, input_ids.device)[:, None]).squeeze(1)
+        return self.head.values(states.index_select(0, last))

@@ -78,3 +78,31 @@ def test_init_scale_and_save_load_roundtrip(tmp_path):
     head.save(tmp_path / "h.safetensors")
     loaded = ValueHead.load(tmp_path / "h.safetensors")
     assert torch.equal(loaded.proj.weight, head.proj.weight) and torch.equal(loaded.proj.bias, head.proj.bias)
+
+
+@settings(max_examples=15, deadline=None)
+@given(spec=st.lists(st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=3),
+       seed=st.integers(0, 2**16))
+def test_reward_model_on_pairs_runs_each_prompt_once_with_the_same_rewards(spec, seed):
+    """RewardModel(pairs=True) (each pair's shared prompt run once, logprobs.pair_hidden_states)
+    gives the rewards and gradients of the plain pass over all 2B rows, in float64, for
+    prompts of 1-6 tokens and replies of 1-5 that may begin alike or be equal."""
+    from minipost.config import preset
+    from minipost.model import GPT
+    from minipost.value_head import RewardModel
+
+    g = torch.Generator().manual_seed(seed)
+    tokens = lambda n: torch.randint(1, 4, (n,), generator=g).tolist()  # noqa: E731
+    pairs = [(tokens(p), tokens(c), tokens(r)) for p, c, r in spec]
+    seqs = [p + c for p, c, _ in pairs] + [p + r for p, _, r in pairs]
+    W = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (W - len(s)) for s in seqs])
+    lengths = torch.tensor([len(s) for s in seqs])
+    torch.manual_seed(0)
+    rm = RewardModel(GPT(preset("tiny", 50))).double()
+    params = [p for p in rm.parameters() if p.requires_grad]
+    plain, shared = rm(ids, lengths), rm(ids, lengths, pairs=True)
+    torch.testing.assert_close(shared, plain, rtol=1e-10, atol=1e-10)
+    weights = torch.randn(plain.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((shared * weights).sum(), params), torch.autograd.grad((plain * weights).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)

@@ -74,8 +74,8 @@ def reward_batch(pairs: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def score_batch(rm: RewardModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (chosen rewards [B], rejected rewards [B])."""
-    rewards = rm(batch["input_ids"], batch["lengths"])
+    """-> (chosen rewards [B], rejected rewards [B]); a pair's prompt runs once (RewardModel pairs)."""
+    rewards = rm(batch["input_ids"], batch["lengths"], pairs=True)
     half = rewards.shape[0] // 2
     return rewards[:half], rewards[half:]
 
