@@ -76,18 +76,21 @@ def breakdown(model, cfg, ids, targets, opt, total: float, repeats: int) -> dict
                block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj]
     dtype = backend.autocast_dtype(model.base_params) or torch.float32
     # inputs in the dtype the model hands its linear layers (a norm's output is already bf16)
-    xs = {m: torch.randn(B, T, m.base.in_features if hasattr(m, "base") else m.in_features).to(dtype).requires_grad_()
-          for m in linears}
+    # and output gradients given (a .sum().backward() would add passes of its own to the time)
+    size = lambda m, side: getattr(m.base if hasattr(m, "base") else m, side)  # noqa: E731
+    xs = {m: (torch.randn(B, T, size(m, "in_features")).to(dtype).requires_grad_(),
+              torch.randn(B, T, size(m, "out_features")).to(dtype)) for m in linears}
 
     def layer_linears():
         with backend.autocast(device, model.base_params):
-            for m, x in xs.items():
-                m(x).float().sum().backward()
+            for m, (x, dy) in xs.items():  # autograd.grad: no .grad accumulated into x over the repeats
+                torch.autograd.grad(m(x), [x, *(p for p in m.parameters() if p.requires_grad)], dy)
 
     qkv = [torch.randn(B, h, T, cfg.head_dim).to(dtype).requires_grad_() for h in (cfg.n_head, cfg.n_kv_head, cfg.n_kv_head)]
+    d_out = torch.randn(B, cfg.n_head, T, cfg.head_dim).to(dtype)
 
     def layer_attention():
-        attention(*qkv).float().sum().backward()
+        torch.autograd.grad(attention(*qkv), qkv, d_out)
 
     grads = {q: torch.randn_like(q) for group in opt.param_groups for q in group["params"]}
 

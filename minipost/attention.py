@@ -156,9 +156,9 @@ def explicit_attention(q, k, v, scale, bias):
     """softmax(q k^T * scale + bias) v written out, as eager attention under autocast computes
     it: bf16 scores and probabilities, the softmax accumulated in float32. q [B, H, Tq, D];
     k, v [B, H_kv, Tk, D]; bias: 0 where visible, -inf where not, [Tq, Tk] (the same for every
-    row) or [B, Tq, Tk], or already in head_layout. The scale and the bias go into the scores' matmul (baddbmm: bias +
-    scale * q k^T in one pass), not two more passes over the scores forward and two backward:
-    causal, 12 -> 7 ms a layer at SmolLM2's heads, 4 x 256."""
+    row), [B, Tq, Tk], or already in head_layout. The scale and the bias go into the scores'
+    matmul (baddbmm: bias + scale * q k^T in one pass), not two more passes over the scores
+    forward and two backward: causal, 12 -> 7 ms a layer at SmolLM2's heads, 4 x 256."""
     B, H, Tq, D = q.shape
     h_kv, Tk = k.shape[1], k.shape[2]
     if not (bias.dim() == 3 and bias.shape[:2] == (B * h_kv, (H // h_kv) * Tq)):

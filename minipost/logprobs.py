@@ -99,7 +99,8 @@ def model_sequence_logps(model, input_ids: torch.Tensor, targets: torch.Tensor, 
 def pair_hidden_states(model, input_ids: torch.Tensor, length: torch.Tensor):
     """The final hidden states of a preference batch whose rows i and i + B (chosen and
     rejected of pair i, packing.pair_batch) begin with the same prompt, each prompt run once.
-    length [2B]: the positions that matter in each row (those before it).
+    length [2B]: how many leading positions of each row are needed (later ones are padding or
+    cannot change anything asked for).
 
     -> (states [M, d_model], index [2B, W]): row j's state at position t < length[j] is
        states[index[j, t]]; None when no pair shares a first token (then run the plain pass).
