@@ -96,54 +96,41 @@ def model_sequence_logps(model, input_ids: torch.Tensor, targets: torch.Tensor, 
     return _reduce(logps, active, reduction)
 
 
-def pair_hidden_states(model, input_ids: torch.Tensor, length: torch.Tensor):
-    """The final hidden states of a preference batch whose rows i and i + B (chosen and
-    rejected of pair i, packing.pair_batch) begin with the same prompt, each prompt run once.
+def pair_hidden_states(model, input_ids: torch.Tensor, length: torch.Tensor) -> torch.Tensor | None:
+    """The final hidden states [2B, W, d_model] of a preference batch whose rows i and i + B
+    (chosen and rejected of pair i, packing.pair_batch) begin with the same prompt, with the
+    first P columns run once per pair; None when P = 0 (then run the plain pass).
     length [2B]: how many leading positions of each row are needed (later ones are padding or
     cannot change anything asked for).
 
-    -> (states [M, d_model], index [2B, W]): row j's state at position t < length[j] is
-       states[index[j, t]]; None when no pair shares a first token (then run the plain pass).
-
     A pair's two rows agree on their first P_i tokens (the prompt: 85% of the built-in DPO
-    data's tokens), and under causal attention the hidden states there are the same in both
-    rows. So, as rollout.completion_logps does for the G completions of a GRPO prompt, the B
-    shared prefixes run once with a KV cache (right-padded to the longest; the tokens after
-    P_i are a document of their own, which the rest never sees), and each row's remainder runs
-    against its pair's copy of the cache at positions P_i, P_i + 1, ... The states equal the
-    plain pass over all 2B rows (tested); gradients reach the shared prompt from both rows.
+    data's tokens), and under causal attention their hidden states there are the same. Every
+    pair shares the first P = min_i P_i columns, so, as rollout.completion_logps does for the G
+    completions of a GRPO prompt, those run once for the B pairs with a KV cache, and all 2B rows
+    run the rest, columns P .. W - 1, against their pair's copy of the cache. (Each pair's own
+    P_i would save more, at the price of padding prompts and remainders to different widths.)
+    The states equal the plain pass over all 2B rows (tested); gradients reach the shared
+    columns from both rows.
     """
     N, W = input_ids.shape
     B = N // 2
     if N != 2 * B or B == 0:
         raise ValueError(f"a pair batch has 2B rows (B chosen, then B rejected), got {N}")
     same = (input_ids[:B] == input_ids[B:]).long().cumprod(1).sum(1)  # common prefix length [B]
-    shared = torch.minimum(same, torch.minimum(length[:B], length[B:]))  # P_i
-    if int(shared.max()) == 0:
+    P = int(torch.minimum(same, torch.minimum(length[:B], length[B:])).min())
+    if P == 0:
         return None
-    P = int(shared.max())
-    arange = lambda n: torch.arange(n, device=input_ids.device)  # noqa: E731
-    # Document 1: the shared prompt; 2: the chosen row's tokens past it (seen by no other row).
-    prompt_doc = torch.where(arange(P) < shared[:, None], 1, 2)
     cache = KVCache(len(model.layers))
-    prompt_states = model.hidden_states(input_ids[:B, :P], doc_ids=prompt_doc, position_ids=arange(P).expand(B, P),
-                                        kv_cache=cache)  # [B, P, d]
-    pair = arange(N) % B
-    start = shared[pair]  # [2B] where each row's own part begins
-    C = max(int((length - start).max()), 1)
-    positions = start[:, None] + arange(C)  # [2B, C]
-    rest_ids = input_ids.gather(1, positions.clamp(max=W - 1))
-    # Each row gets its pair's copy of the cached prompt (index_select: deterministic backward).
+    shared = model.hidden_states(input_ids[:B, :P], kv_cache=cache)  # [B, P, d]
+    if P == W:
+        return torch.cat([shared, shared])
+    pair = torch.arange(N, device=input_ids.device) % B
+    # Each row gets its pair's copy of the cached columns (index_select: deterministic backward).
     cache.k = [k.index_select(0, pair) for k in cache.k]
     cache.v = [v.index_select(0, pair) for v in cache.v]
-    cache.doc_ids = cache.doc_ids.index_select(0, pair)
-    rest_states = model.hidden_states(rest_ids, doc_ids=torch.ones_like(rest_ids), position_ids=positions,
-                                      kv_cache=cache)  # [2B, C, d]
-    # Row j's position t: the prompt pass's [pair, t] if t < P_i, else the row's own [j, t - P_i].
-    t, start = arange(W).expand(N, W), start[:, None]
-    index = torch.where(t < start, pair[:, None] * P + t.clamp(max=P - 1),
-                        B * P + arange(N)[:, None] * C + (t - start).clamp(0, C - 1))
-    return torch.cat([prompt_states.reshape(B * P, -1), rest_states.reshape(N * C, -1)]), index
+    cache.doc_ids, cache.next_pos = cache.doc_ids.index_select(0, pair), cache.next_pos.index_select(0, pair)
+    rest = model.hidden_states(input_ids[:, P:], kv_cache=cache)  # [2B, W - P, d]
+    return torch.cat([shared.index_select(0, pair), rest], dim=1)
 
 
 def pair_sequence_logps(model, input_ids: torch.Tensor, targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
@@ -151,11 +138,10 @@ def pair_sequence_logps(model, input_ids: torch.Tensor, targets: torch.Tensor, r
     active = targets != IGNORE_INDEX
     # The positions that matter end at a row's last scored one: later ones cannot change it.
     length = torch.where(active, torch.arange(targets.shape[1], device=targets.device) + 1, 0).amax(1)
-    shared = pair_hidden_states(model, input_ids, length)
-    if shared is None:
+    hidden = pair_hidden_states(model, input_ids, length)
+    if hidden is None:
         return model_sequence_logps(model, input_ids, targets, reduction)
-    states, index = shared
-    logits = model.logits(states.index_select(0, index[active]))
+    logits = model.logits(hidden[active])
     logps = torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device)
     logps[active] = token_logps(logits[None], targets[active][None])[0]
     return _reduce(logps, active, reduction)

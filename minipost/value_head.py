@@ -103,9 +103,7 @@ class RewardModel(nn.Module):
         """pairs: the rows are a pair batch (chosen rows, then rejected rows of the same
         prompts), whose shared prompts run once (logprobs.pair_hidden_states; same rewards)."""
         lengths = torch.as_tensor(lengths, device=input_ids.device)
-        shared = pair_hidden_states(self.model, input_ids, lengths) if pairs else None
-        if shared is None:
-            return self.head.score_last(self.model.hidden_states(input_ids), lengths=lengths)
-        states, index = shared
-        last = index.gather(1, last_index(input_ids.shape, lengths, input_ids.device)[:, None]).squeeze(1)
-        return self.head.values(states.index_select(0, last))
+        hidden = pair_hidden_states(self.model, input_ids, lengths) if pairs else None
+        if hidden is None:
+            hidden = self.model.hidden_states(input_ids)
+        return self.head.score_last(hidden, lengths=lengths)

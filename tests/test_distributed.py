@@ -91,7 +91,8 @@ def metrics(out: Path) -> list[dict]:
 
 
 def assert_same_training(one: Path, two: Path, keys, init: Path, lr: float):
-    """Same steps and logged numbers (metrics are rounded to 6 decimals), same final weights.
+    """Same steps and logged numbers (metrics are rounded to 6 decimals; equal to 1e-5 of their
+    size), same final weights.
 
     Splitting a batch changes the float rounding a little (other padded widths, another
     summation order). Adam moves each weight by lr * g / (|g| + eps), so for an entry whose
@@ -107,7 +108,8 @@ def assert_same_training(one: Path, two: Path, keys, init: Path, lr: float):
         for k in keys:
             if k == "rewards/accuracies" and max(abs(r1["rewards/margins"]), abs(r2["rewards/margins"])) < 1e-4:
                 continue  # policy = reference still (step 1): the rewards are rounding noise, their order too
-            assert abs(r1[k] - r2[k]) <= 1e-5, (k, r1, r2)
+            # float32 rounding is relative to a number's size (grad_norm ~3.5, loss ~0.69)
+            assert abs(r1[k] - r2[k]) <= 1e-5 * max(1.0, abs(r1[k])), (k, r1, r2)
             compared.append(k)
     assert "rewards/accuracies" not in keys or compared.count("rewards/accuracies") >= 2
     w1, w2, w0 = (load_file(checkpoint.checkpoint_dir(d) / "model.safetensors") for d in (one, two, init))
