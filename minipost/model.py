@@ -28,6 +28,14 @@ from minipost.attention import Documents, attention
 from minipost.config import GPTConfig
 
 
+def rms_norm(x, weight, eps, out_dtype):
+    """-> (y = x * r * w in out_dtype, r [..., 1]), the forward of RMSNormFunction below."""
+    r = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps))
+    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    torch.mul(x * r, weight, out=y)
+    return y, r
+
+
 class RMSNormFunction(torch.autograd.Function):
     """y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row, and its gradient written out
     (xhat = x * r, g = dy * w, d = the row's size):
@@ -42,9 +50,7 @@ class RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, eps, out_dtype):
-        r = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps))
-        y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-        torch.mul(x * r, weight, out=y)
+        y, r = rms_norm(x, weight, eps, out_dtype)
         ctx.save_for_backward(x, weight, r)
         return y
 
@@ -72,7 +78,10 @@ class RMSNorm(nn.Module):
         # The bf16 values are the same, so are the results.
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         math_dtype = torch.promote_types(x.dtype, torch.float32)  # float32 at least (float64 stays, for tests)
-        return RMSNormFunction.apply(x.to(math_dtype), self.weight.to(math_dtype), self.eps, dtype)
+        x, weight = x.to(math_dtype), self.weight.to(math_dtype)
+        if not torch.is_grad_enabled():  # generation: no autograd.Function bookkeeping per call
+            return rms_norm(x, weight, self.eps, dtype)[0]
+        return RMSNormFunction.apply(x, weight, self.eps, dtype)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The formula as plain tensor ops (autograd's gradient): what RMSNormFunction is tested against."""

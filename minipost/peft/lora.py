@@ -55,6 +55,16 @@ from minipost.peft.settings import LORA_TARGETS, LoRASettings, clear, record
 D = LoRASettings  # the defaults
 
 
+def lora_forward(x, weight, A, B, scaling):
+    """-> (y = x W0^T + s (x A^T) B^T, u = x A^T [tokens, r]), all in x's dtype."""
+    u = x.reshape(-1, x.shape[-1]) @ A.T
+    # The base product as nn.Linear computes it, so that with B = 0 (a fresh adapter) the
+    # output is bit for bit the base model's (the DPO reference with adapters off).
+    y = F.linear(x, weight)
+    y.view(-1, weight.shape[0]).addmm_(u, B.T, alpha=scaling)
+    return y, u
+
+
 class LoRAMatmul(torch.autograd.Function):
     """y = x W0^T + s (x A^T) B^T with the backward of the module docstring. All inputs in
     one dtype (the caller casts); A and B get their gradients back in their own dtype."""
@@ -62,13 +72,8 @@ class LoRAMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, lora_A, lora_B, scaling):
         A, B = lora_A.to(x.dtype), lora_B.to(x.dtype)
-        x2 = x.reshape(-1, x.shape[-1])
-        u = x2 @ A.T  # [tokens, r]
-        # The base product as nn.Linear computes it, so that with B = 0 (a fresh adapter) the
-        # output is bit for bit the base model's (the DPO reference with adapters off).
-        y = F.linear(x, weight)
-        y.view(-1, weight.shape[0]).addmm_(u, B.T, alpha=scaling)
-        ctx.save_for_backward(x2, weight, A, B, u)
+        y, u = lora_forward(x, weight, A, B, scaling)
+        ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight, A, B, u)
         ctx.scaling, ctx.x_shape, ctx.dtypes = scaling, x.shape, (lora_A.dtype, lora_B.dtype)
         return y
 
@@ -135,6 +140,8 @@ class LoRALinear(nn.Module):
         if fusable:  # the matmuls run in the autocast dtype when autocast is on (bf16), as nn.Linear's
             x = x.to(torch.get_autocast_dtype(x.device.type)) if torch.is_autocast_enabled(x.device.type) else x
             weight = backend.frozen_weight(self.base.weight, x).to(x.dtype)
+            if not torch.is_grad_enabled():  # generation: no autograd.Function bookkeeping per call
+                return lora_forward(x, weight, self.lora_A.to(x.dtype), self.lora_B.to(x.dtype), self.scaling)[0]
             return LoRAMatmul.apply(x, weight, self.lora_A, self.lora_B, self.scaling)
         # The reference expression: also the path for what LoRAMatmul does not do
         # (dropout on the branch input in training, an NF4 base, a bias).
