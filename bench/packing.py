@@ -70,7 +70,7 @@ def flex_attention_trains_here() -> str:
     q = torch.randn(1, 2, 256, 32, requires_grad=True)
     try:
         flex_attention(q, q, q, block_mask=block).sum().backward()
-    except NotImplementedError as e:  # torch 2.13: no FlexAttention backward on CPU
+    except NotImplementedError as e:  # what this probe detects: torch 2.13 has no FlexAttention backward on CPU
         return f"no ({type(e).__name__}: {str(e).splitlines()[0]})"
     return "yes: time it against the per-document path before choosing"
 

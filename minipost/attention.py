@@ -255,8 +255,8 @@ def attention(
             return _attention_by_document(q, k, v, groups, scale)
     if tq == 1 and n_global == 0 and documents.one_document():  # a decode step of an unpadded row
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
-    mask = documents.mask(tq, tk, n_prefix)
     if explicit_is_faster(q, tk):  # e.g. the replies of a shared prompt, against its cached keys
         return explicit_attention(q, k, v, scale, documents.bias(q, tk, n_prefix, k.shape[1]))
+    mask = documents.mask(tq, tk, n_prefix)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 

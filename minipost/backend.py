@@ -92,6 +92,11 @@ def autocast(device: torch.device, n_params: int):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on x runs in: the autocast dtype inside an autocast region, else x's."""
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
 def frozen_weight(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """weight as a linear layer on x should use it: under autocast, a weight that is not
     trained (LoRA's base, a frozen lm_head) is cast once and the copy reused until the

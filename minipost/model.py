@@ -76,7 +76,7 @@ class RMSNorm(nn.Module):
         # Under autocast the output feeds only matmuls, which would each cast it to bf16 again
         # (q, k, v and their LoRA branches: six casts of one tensor); cast it once here instead.
         # The bf16 values are the same, so are the results.
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = backend.matmul_dtype(x)
         math_dtype = torch.promote_types(x.dtype, torch.float32)  # float32 at least (float64 stays, for tests)
         x, weight = x.to(math_dtype), self.weight.to(math_dtype)
         if not torch.is_grad_enabled():  # generation: no autograd.Function bookkeeping per call

@@ -40,9 +40,10 @@ RECIPES: dict[str, dict[str, dict]] = {
         # PEFT: all-linear r 16 at lr 1e-3 took fact_accuracy 0.27 -> 0.77 in 150 steps of 8
         # conversations). The SFT tickets are 87-201 tokens (median 124) in SmolLM2's tokenizer:
         # rows of 256 hold about two packed tickets, so 4 rows are ~8 conversations a step; the
-        # multi-turn conversations among them (data/README.md) are cut to their first 256 tokens. Replies are at most ~35 tokens: 48 new tokens judge them
-        # whole. The settings were chosen with --max-eval 40 (the first 40 items of each validation
-        # set); the recipe now judges every item (EVAL), so each reported number rests on
+        # multi-turn conversations among them (data/README.md) are cut to their first 256
+        # tokens. Replies are at most ~35 tokens: 48 new tokens judge them whole. The settings
+        # were chosen with --max-eval 40 (the first 40 items of each validation set); the recipe
+        # now judges every item (EVAL), so each reported number rests on
         # 150-200 test items rather than 40 (at 40 one question moves an accuracy by 2.5 points).
         # Chosen on the validation split (docs/smollm2.md, float32, one thread, 12-14 s a step):
         #   30 steps, lr 2e-3            fact 0.81, general_accuracy 0.80 -> 0.25 (forgets: it

@@ -138,7 +138,7 @@ class LoRALinear(nn.Module):
 
             return lora_matmul(x, self.base.weight, self.lora_A, self.lora_B, self.scaling)
         if fusable:  # the matmuls run in the autocast dtype when autocast is on (bf16), as nn.Linear's
-            x = x.to(torch.get_autocast_dtype(x.device.type)) if torch.is_autocast_enabled(x.device.type) else x
+            x = x.to(backend.matmul_dtype(x))
             weight = backend.frozen_weight(self.base.weight, x).to(x.dtype)
             if not torch.is_grad_enabled():  # generation: no autograd.Function bookkeeping per call
                 return lora_forward(x, weight, self.lora_A.to(x.dtype), self.lora_B.to(x.dtype), self.scaling)[0]

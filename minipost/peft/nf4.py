@@ -47,6 +47,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minipost import backend
+
 NF4_LEVELS = (
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
     -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
@@ -201,9 +203,7 @@ class NF4Linear(nn.Module):
         return dequantize_nf4(self.quantized(), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        if torch.is_autocast_enabled(x.device.type):
-            dtype = torch.get_autocast_dtype(x.device.type)
+        dtype = backend.matmul_dtype(x)
         bias = None if self.bias is None else self.bias.to(dtype)
         if self.training or torch.is_grad_enabled():
             return F.linear(x.to(dtype), self.dequantized_weight(dtype), bias)
