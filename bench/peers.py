@@ -141,6 +141,10 @@ def main():
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    if args.precision == "bf16" and not backend.bf16_supported():
+        # emulated on both sides (~35x slower than float32): it would time the emulation
+        print("bf16: skipped, not native on this CPU (no AVX512-BF16 or AMX)")
+        return
     torch.set_num_threads(args.threads)
     from peft import LoraConfig, get_peft_model
 

@@ -246,4 +246,6 @@ def run(argv: list[str]) -> dict:
     ensure_stage_output(args)
     backend.set_kernels(args.kernels, args.device)
     backend.set_precision(args.precision, args.device)
+    if args.precision == "bf16" and not backend.bf16_supported(args.device) and distributed.is_main():
+        print(backend.EMULATED_BF16, file=sys.stderr)
     return stage_module(args.stage).run(args)

@@ -76,3 +76,21 @@ def test_run_applies_the_thread_rule(monkeypatch, tmp_path):
     monkeypatch.setattr(sft, "run", lambda args: {"ok": 1})  # only the thread rule is under test
     assert cli.run(["--stage", "sft", "--init", "smollm2", "--out", str(tmp_path / "o"), "--threads", "2"]) == {"ok": 1}
     assert seen == [2]
+
+
+@pytest.mark.parametrize("native,precision,warned", [
+    (False, "bf16", True),   # emulated bf16: tens of times slower than float32, so the run says so
+    (True, "bf16", False),
+    (False, "auto", False),  # auto already runs float32 there
+])
+def test_bf16_without_native_support_warns(monkeypatch, tmp_path, capsys, native, precision, warned):
+    from minipost import backend
+    from minipost.stages import sft
+
+    monkeypatch.setattr(cli, "set_threads", lambda threads: None)
+    monkeypatch.setattr(backend, "bf16_supported", lambda device="cpu": native)
+    monkeypatch.setattr(sft, "run", lambda args: {"ok": 1})
+    assert cli.run(["--stage", "sft", "--init", "smollm2", "--out", str(tmp_path / "o"),
+                    "--precision", precision]) == {"ok": 1}
+    backend.set_precision("fp32")
+    assert (backend.EMULATED_BF16 in capsys.readouterr().err) == warned
