@@ -54,12 +54,11 @@ def child(name: str, args) -> dict:
     from minipost import checkpoint, peft
     from minipost import data as datasets
     from minipost.config import preset
-    from minipost.losses import sft_loss_sum
     from minipost.model import GPT
     from minipost.stages import common
     from minipost.stages import dpo
     from minipost.packing import pad_batch, pair_batch
-    from minipost.stages.sft import make_rows, tokenize, trained_logits
+    from minipost.stages.sft import make_rows, tokenize, trained_nll_sum
     from minipost.training import make_optimizer
 
     from minipost.cli import set_threads
@@ -102,7 +101,7 @@ def child(name: str, args) -> dict:
     start = time.perf_counter()
     for i, b in enumerate(batches):
         if stage.startswith("sft"):
-            loss_sum, n = sft_loss_sum(*trained_logits(model, b))
+            loss_sum, n = trained_nll_sum(model, b)
             loss = loss_sum / n
         else:
             chosen, rejected = dpo.concatenated_logps(model, b)

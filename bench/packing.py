@@ -17,11 +17,10 @@ import torch
 from minipost import data as datasets
 from minipost.config import preset
 from minipost.formats import sft_tokens
-from minipost.losses import sft_loss_sum
 from minipost.model import GPT
 from minipost.packing import pack, pad_batch
 from minipost.stages.pretrain import get_tokenizer
-from minipost.stages.sft import tokenize, trained_logits, trim
+from minipost.stages.sft import tokenize, trained_nll_sum, trim
 
 
 def measure(model, opt, rows, batch_size, steps, trim_pads):
@@ -36,7 +35,7 @@ def measure(model, opt, rows, batch_size, steps, trim_pads):
         b = {k: v[idx] for k, v in rows.items()}
         if trim_pads:
             b = trim(b)
-        loss, _ = sft_loss_sum(*trained_logits(model, b))
+        loss, _ = trained_nll_sum(model, b)
         loss.backward()
         opt.step()
         opt.zero_grad()

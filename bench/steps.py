@@ -18,8 +18,8 @@ import torch
 
 from minipost import backend
 from minipost.config import GPTConfig
-from minipost.logprobs import pair_sequence_logps, scored_logits
-from minipost.losses import dpo_loss, grpo_loss, sft_loss_sum
+from minipost.logprobs import pair_sequence_logps, scored_nll_sum
+from minipost.losses import dpo_loss, grpo_loss
 from minipost.model import GPT
 from minipost.peft import apply_peft, disable_adapters
 from minipost.rollout import Rollout, completion_logps
@@ -63,7 +63,7 @@ def ref_logps(model, ref, fn):
 
 
 def sft_step(model, ref, ids, targets):
-    loss_sum, n = sft_loss_sum(*scored_logits(model, ids, targets))
+    loss_sum, n = scored_nll_sum(model, ids, targets)
     (loss_sum / n).backward()
     return loss_sum / n
 

@@ -28,7 +28,7 @@ from minipost import backend  # noqa: E402
 from minipost.attention import attention  # noqa: E402
 from minipost.config import preset  # noqa: E402
 from minipost.generate import generate  # noqa: E402
-from minipost.losses import sft_loss_sum  # noqa: E402
+from minipost.vocab_logps import vocab_logps  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -68,8 +68,7 @@ def breakdown(model, cfg, ids, targets, opt, total: float, repeats: int) -> dict
     hidden = model.hidden_states(ids).detach()[scored].requires_grad_()
 
     def head():
-        loss_sum, n = sft_loss_sum(model.logits(hidden)[None], targets[scored][None])
-        (loss_sum / n).backward()
+        (-vocab_logps(model, hidden, targets[scored]).mean()).backward()  # as the step's loss
 
     block = model.layers[0]
     linears = [block.attn.q_proj, block.attn.k_proj, block.attn.v_proj, block.attn.o_proj,

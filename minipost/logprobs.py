@@ -24,6 +24,7 @@ import torch
 
 from minipost.losses._masked import IGNORE_INDEX, masked_mean, masked_sum
 from minipost.model import KVCache
+from minipost.vocab_logps import vocab_logps
 
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
@@ -86,14 +87,27 @@ def scored_logits(model, input_ids: torch.Tensor, targets: torch.Tensor, **forwa
     return model.logits(hidden[scored])[None], targets[scored][None]
 
 
+def scored_nll_sum(model, input_ids: torch.Tensor, targets: torch.Tensor, **forward_kwargs):
+    """-> (summed NLL of the scored tokens, how many): losses.sft_loss_sum(*scored_logits(...)),
+    with the lm_head and log-softmax a vocabulary block at a time (vocab_logps)."""
+    active = targets != IGNORE_INDEX
+    logps = vocab_logps(model, model.hidden_states(input_ids, **forward_kwargs)[active], targets[active])
+    return -logps.sum(), active.sum()
+
+
 def model_sequence_logps(model, input_ids: torch.Tensor, targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """sequence_logps(model(input_ids), targets, reduction) [B], with lm_head run on the
     scored positions only (scored_logits)."""
-    logits, picked = scored_logits(model, input_ids, targets)
     active = targets != IGNORE_INDEX
-    logps = torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device)
-    logps[active] = token_logps(logits, picked)[0]
-    return _reduce(logps, active, reduction)
+    return _reduce(scatter_scored(vocab_logps(model, model.hidden_states(input_ids)[active], targets[active]), active),
+                   active, reduction)
+
+
+def scatter_scored(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """values [N] of the N positions where active [B, T] is True -> [B, T], 0 elsewhere."""
+    out = torch.zeros(active.shape, dtype=values.dtype, device=values.device)
+    out[active] = values
+    return out
 
 
 def pair_hidden_states(model, input_ids: torch.Tensor, length: torch.Tensor) -> torch.Tensor | None:
@@ -141,7 +155,4 @@ def pair_sequence_logps(model, input_ids: torch.Tensor, targets: torch.Tensor, r
     hidden = pair_hidden_states(model, input_ids, length)
     if hidden is None:
         return model_sequence_logps(model, input_ids, targets, reduction)
-    logits = model.logits(hidden[active])
-    logps = torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device)
-    logps[active] = token_logps(logits[None], targets[active][None])[0]
-    return _reduce(logps, active, reduction)
+    return _reduce(scatter_scored(vocab_logps(model, hidden[active], targets[active]), active), active, reduction)

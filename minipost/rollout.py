@@ -50,7 +50,8 @@ import torch
 from minipost import rewards as R
 from minipost.chat import generation_prompt, reply_text
 from minipost.generate import generate, left_pad
-from minipost.logprobs import token_logps
+from minipost.logprobs import scatter_scored
+from minipost.vocab_logps import vocab_logps
 from minipost.model import KVCache
 from minipost.seeding import rng
 
@@ -210,9 +211,7 @@ def completion_logps(model, ro: Rollout, return_hidden: bool = False, share_prom
             hidden = torch.cat([hidden, more], 1)
     # Only the scored tokens (through the first stop) go through lm_head: the [N, C, V]
     # logits of the padding after a stop would be thrown away (as logprobs.scored_logits).
-    logits = model.logits(hidden[ro.mask])  # [n_scored, V] float32
-    logps = torch.zeros(ro.mask.shape, dtype=logits.dtype, device=logits.device)
-    logps[ro.mask] = token_logps(logits[None], ro.completions[ro.mask][None])[0]
+    logps = scatter_scored(vocab_logps(model, hidden[ro.mask], ro.completions[ro.mask]), ro.mask)
     return (logps, hidden) if return_hidden else logps
 
 

@@ -39,8 +39,8 @@ from minipost import evaluate as ev
 from minipost.chat import MASK_MODES
 from minipost.formats import sft_tokens
 from minipost.mixture import joint_cpt_sft, mix_documents
-from minipost.logprobs import scored_logits
-from minipost.losses import IGNORE_INDEX, sft_loss_sum
+from minipost.logprobs import scored_logits, scored_nll_sum
+from minipost.losses import IGNORE_INDEX
 from minipost.packing import batches, fit_sft, pack, pad_batch
 from minipost.stages import common
 from minipost.training import SCHEDULES, ItemWeighted, Progress, clip_and_step, make_optimizer, set_lr
@@ -88,6 +88,12 @@ def trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:, :width] for k, v in batch.items()}
 
 
+def trained_nll_sum(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (summed NLL of a batch's trained tokens, how many): sft_loss_sum(*trained_logits(...)),
+    the logits taken a vocabulary block at a time (logprobs.scored_nll_sum)."""
+    return scored_nll_sum(model, b["input_ids"], b["targets"], doc_ids=b["doc_ids"], position_ids=b["position_ids"])
+
+
 def trained_logits(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """A packed or padded batch -> (logits [1, N, V] at its N trained tokens, targets [1, N]).
     lm_head runs on those tokens only (logprobs.scored_logits): the loss is the same."""
@@ -100,7 +106,7 @@ def val_loss(model, rows: dict[str, torch.Tensor], batch_size: int = 16) -> floa
     total, count = 0.0, 0
     for i in range(0, rows["input_ids"].shape[0], batch_size):
         b = {k: v[i: i + batch_size] for k, v in rows.items()}
-        loss_sum, n = sft_loss_sum(*trained_logits(model, b))
+        loss_sum, n = trained_nll_sum(model, b)
         total, count = total + loss_sum.item(), count + int(n)
     model.train()
     return total / max(count, 1)
@@ -166,7 +172,7 @@ def run(args):
 
     def loss_fn(b):  # -> (loss summed over the batch's trained tokens, no stats)
         b = {k: v.to(args.device) for k, v in b.items()}
-        loss_sum, _ = sft_loss_sum(*trained_logits(model, b))
+        loss_sum, _ = trained_nll_sum(model, b)
         return loss_sum, {}
 
     optimizer = make_optimizer(model, args.lr)
