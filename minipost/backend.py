@@ -63,7 +63,7 @@ def bf16_supported(device: str | torch.device = "cpu") -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-# What a run with --precision bf16 prints where bf16 is not native (cli.main).
+# What a run with --precision bf16 prints where bf16 is not native (cli.run).
 EMULATED_BF16 = ("warning: --precision bf16 on a device without native bf16 (a CPU without AVX512-BF16 or AMX): "
                  "autocast emulates it, correct but far slower than float32 (a SmolLM2 LoRA-SFT step measured "
                  "212 s against 6.3 s in float32 on a 2-core AVX2 CPU). --precision auto picks float32 here.")

@@ -97,16 +97,16 @@ def scored_nll_sum(model, input_ids: torch.Tensor, targets: torch.Tensor, **forw
 
 def model_sequence_logps(model, input_ids: torch.Tensor, targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """sequence_logps(model(input_ids), targets, reduction) [B], with lm_head run on the
-    scored positions only (scored_logits)."""
+    scored positions only (scored_token_logps)."""
     active = targets != IGNORE_INDEX
-    return _reduce(scatter_scored(vocab_logps(model, model.hidden_states(input_ids)[active], targets[active]), active),
-                   active, reduction)
+    return _reduce(scored_token_logps(model, model.hidden_states(input_ids), targets, active), active, reduction)
 
 
-def scatter_scored(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """values [N] of the N positions where active [B, T] is True -> [B, T], 0 elsewhere."""
-    out = torch.zeros(active.shape, dtype=values.dtype, device=values.device)
-    out[active] = values
+def scored_token_logps(model, hidden: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """token_logps(model.logits(hidden), targets) [B, T] where scored [B, T] is True, 0 elsewhere:
+    only the scored rows of hidden [B, T, d] go through the lm_head (vocab_logps)."""
+    out = torch.zeros(scored.shape, dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
+    out[scored] = vocab_logps(model, hidden[scored], targets[scored])
     return out
 
 
@@ -155,4 +155,4 @@ def pair_sequence_logps(model, input_ids: torch.Tensor, targets: torch.Tensor, r
     hidden = pair_hidden_states(model, input_ids, length)
     if hidden is None:
         return model_sequence_logps(model, input_ids, targets, reduction)
-    return _reduce(scatter_scored(vocab_logps(model, hidden[active], targets[active]), active), active, reduction)
+    return _reduce(scored_token_logps(model, hidden, targets, active), active, reduction)

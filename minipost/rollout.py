@@ -50,8 +50,7 @@ import torch
 from minipost import rewards as R
 from minipost.chat import generation_prompt, reply_text
 from minipost.generate import generate, left_pad
-from minipost.logprobs import scatter_scored
-from minipost.vocab_logps import vocab_logps
+from minipost.logprobs import scored_token_logps
 from minipost.model import KVCache
 from minipost.seeding import rng
 
@@ -210,8 +209,8 @@ def completion_logps(model, ro: Rollout, return_hidden: bool = False, share_prom
                                        position_ids=ro.position_ids[:, P:-1], kv_cache=cache)
             hidden = torch.cat([hidden, more], 1)
     # Only the scored tokens (through the first stop) go through lm_head: the [N, C, V]
-    # logits of the padding after a stop would be thrown away (as logprobs.scored_logits).
-    logps = scatter_scored(vocab_logps(model, hidden[ro.mask], ro.completions[ro.mask]), ro.mask)
+    # logits of the padding after a stop would be thrown away (logprobs.scored_token_logps).
+    logps = scored_token_logps(model, hidden, ro.completions, ro.mask)
     return (logps, hidden) if return_hidden else logps
 
 
