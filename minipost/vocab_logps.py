@@ -18,10 +18,11 @@ and with g_i = d loss / d logp_i and p_i = softmax(logits_i) (= exp(logits_i - l
 Why: on a real vocabulary the [N, V] logits are a step's largest tensors (SmolLM2: 1024 scored
 rows x 49152 x 4 bytes = 200 MB), and autograd's logsumexp and gather make three more of that
 size (the shifted logits, their exp, the gather's zero-filled gradient), each written to fresh
-memory. A [N, V_k] block of about 2M logits (8 MB) stays in the CPU's cache instead, and its
-weight block [V_k, d] too. The backward projects each block again (one more lm_head matmul, the
-price of keeping nothing of size [N, V]) and turns it into its gradient in place. Measured on a
-float32 SmolLM2 LoRA-DPO step on one AVX2 core: docs/performance.md.
+memory. Here a [N, V_k] block of about 2M logits (8 MB) is reduced while it is in the CPU's
+cache, with its weight block [V_k, d]. The blocks are kept for the backward (as many bytes as
+autograd keeps of the whole logits), which turns each into its gradient in place: no
+temporary of size [N, V] is ever made. Measured on a float32 SmolLM2 LoRA-DPO step on one AVX2
+core: docs/performance.md.
 
 Same numbers as logprobs.token_logps(model.logits(h), y) (tested in float64), under the same
 precision rule: the matmuls in the autocast dtype (bf16 under --precision bf16), every logit

@@ -39,7 +39,7 @@ from minipost import evaluate as ev
 from minipost.chat import MASK_MODES
 from minipost.formats import sft_tokens
 from minipost.mixture import joint_cpt_sft, mix_documents
-from minipost.logprobs import scored_logits, scored_nll_sum
+from minipost.logprobs import scored_nll_sum
 from minipost.losses import IGNORE_INDEX
 from minipost.packing import batches, fit_sft, pack, pad_batch
 from minipost.stages import common
@@ -89,15 +89,9 @@ def trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def trained_nll_sum(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (summed NLL of a batch's trained tokens, how many): sft_loss_sum(*trained_logits(...)),
-    the logits taken a vocabulary block at a time (logprobs.scored_nll_sum)."""
+    """A packed or padded batch -> (summed NLL of its trained tokens, how many). lm_head runs
+    on those tokens only, a vocabulary block at a time (logprobs.scored_nll_sum)."""
     return scored_nll_sum(model, b["input_ids"], b["targets"], doc_ids=b["doc_ids"], position_ids=b["position_ids"])
-
-
-def trained_logits(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A packed or padded batch -> (logits [1, N, V] at its N trained tokens, targets [1, N]).
-    lm_head runs on those tokens only (logprobs.scored_logits): the loss is the same."""
-    return scored_logits(model, b["input_ids"], b["targets"], doc_ids=b["doc_ids"], position_ids=b["position_ids"])
 
 
 @torch.no_grad()

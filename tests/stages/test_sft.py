@@ -130,8 +130,9 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(small_tokenizer):
     """The SFT loss over 8 packed rows of uneven trained-token counts: 2 micro-batches of 4
     through ItemWeighted give the full-batch gradient (the mean over all trained tokens),
     which the mean of the two micro-batch means does not."""
+    from minipost.logprobs import scored_logits
     from minipost.losses import sft_loss
-    from minipost.stages.sft import trained_logits
+    from minipost.stages.sft import trained_nll_sum
     from minipost.training import ItemWeighted
 
     torch.manual_seed(0)
@@ -149,11 +150,11 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(small_tokenizer):
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
     def loss_sum(rows):
-        b = {k: v[rows] for k, v in batch.items()}
-        logits, t = trained_logits(model, b)
-        return sft_loss(logits, t) * (t != -100).sum(), {}
+        return trained_nll_sum(model, {k: v[rows] for k, v in batch.items()})[0], {}  # the stage's loss
 
-    full = grads(lambda: sft_loss(*trained_logits(model, batch)).backward())
+    # the reference: the plain logits path over the whole batch
+    full = grads(lambda: sft_loss(*scored_logits(model, ids, targets, doc_ids=batch["doc_ids"],
+                                                 position_ids=batch["position_ids"])).backward())
     halves = [slice(0, 4), slice(4, 8)]
 
     def accumulated():
