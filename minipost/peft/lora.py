@@ -35,6 +35,13 @@ the skinny matmuls (measured on a bf16 [1024, 576] -> 1536 layer, forward + back
 ms; a 1536 -> 576 layer 10.8 -> 5.0 ms). The plain expression below stays as the reference
 and serves the other layers; the two are tested equal in float64.
 
+The rank-r products are computed transposed, u^T = A x^T and (dy B)^T = B^T dy^T, each [r,
+tokens], and dB as (u^T dy)^T: the same numbers, but a matmul with r = 8 output columns and
+thousands of rows is the shape CPU BLAS handles worst, and one with r rows and thousands of
+columns among its best. Measured in float32 on one AVX2 core (MKL), the LoRA-only work of a
+[1024 tokens, 576] -> 1536 layer (forward + backward, the base matmuls apart): 10.8 -> 4.1 ms;
+1536 -> 576: 7.3 -> 4.8 ms; 576 -> 576: 4.3 -> 2.1 ms.
+
 Deviations: A is initialised like nn.Linear's weight (Kaiming-uniform, a = sqrt(5)), as in
 the authors' loralib and the PEFT library, where the paper says "random Gaussian"; both
 only need A != 0 and B = 0. Dropout on the LoRA branch's input (dropout(x) A^T B^T) follows
@@ -56,13 +63,13 @@ D = LoRASettings  # the defaults
 
 
 def lora_forward(x, weight, A, B, scaling):
-    """-> (y = x W0^T + s (x A^T) B^T, u = x A^T [tokens, r]), all in x's dtype."""
-    u = x.reshape(-1, x.shape[-1]) @ A.T
+    """-> (y = x W0^T + s (x A^T) B^T, u_t = A x^T [r, tokens]), all in x's dtype."""
+    u_t = A @ x.reshape(-1, x.shape[-1]).T  # transposed: see the module docstring
     # The base product as nn.Linear computes it, so that with B = 0 (a fresh adapter) the
     # output is bit for bit the base model's (the DPO reference with adapters off).
     y = F.linear(x, weight)
-    y.view(-1, weight.shape[0]).addmm_(u, B.T, alpha=scaling)
-    return y, u
+    y.view(-1, weight.shape[0]).addmm_(u_t.T, B.T, alpha=scaling)
+    return y, u_t
 
 
 class LoRAMatmul(torch.autograd.Function):
@@ -72,22 +79,22 @@ class LoRAMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, lora_A, lora_B, scaling):
         A, B = lora_A.to(x.dtype), lora_B.to(x.dtype)
-        y, u = lora_forward(x, weight, A, B, scaling)
-        ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight, A, B, u)
+        y, u_t = lora_forward(x, weight, A, B, scaling)
+        ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight, A, B, u_t)
         ctx.scaling, ctx.x_shape, ctx.dtypes = scaling, x.shape, (lora_A.dtype, lora_B.dtype)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x2, weight, A, B, u = ctx.saved_tensors
+        x2, weight, A, B, u_t = ctx.saved_tensors
         s = ctx.scaling
         dy2 = dy.reshape(-1, weight.shape[0]).to(x2.dtype)
-        dyB = dy2 @ B  # [tokens, r]
+        dyB_t = B.T @ dy2.T  # (dy B)^T [r, tokens]
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = (dy2 @ weight).addmm_(dyB, A, alpha=s).view(ctx.x_shape)
-        dA = (dyB.T @ x2).mul_(s).to(ctx.dtypes[0]) if ctx.needs_input_grad[2] else None
-        dB = (dy2.T @ u).mul_(s).to(ctx.dtypes[1]) if ctx.needs_input_grad[3] else None
+            dx = (dy2 @ weight).addmm_(dyB_t.T, A, alpha=s).view(ctx.x_shape)
+        dA = (dyB_t @ x2).mul_(s).to(ctx.dtypes[0]) if ctx.needs_input_grad[2] else None
+        dB = (u_t @ dy2).T.mul_(s).to(ctx.dtypes[1]) if ctx.needs_input_grad[3] else None
         return dx, None, dA, dB, None
 
 
